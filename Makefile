@@ -1,0 +1,51 @@
+# Two commands for a newcomer: `make repro` (set up + run the pipeline) and `make test` (set up + all tests).
+# Both create/reuse ./.venv and install exactly the versions in constraints.txt.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.timbrelab-installed
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: setup repro test test-fast params params-check mlflow-ui lock clean-venv
+
+setup: $(STAMP)
+
+# torch first and pinned: a looser spec (or letting another package pull it) downloads a multi-GB
+# CUDA build. tinysoundfont declares pyaudio (needs PortAudio headers to build) but only uses it for
+# live playback, so it goes in with --no-deps.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt --no-deps tinysoundfont
+	touch $(STAMP)
+
+repro: $(STAMP)
+	$(BIN)/dvc repro
+
+# What CI runs (.ci/run): every test, the slow end-to-end DVC ones included.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+# Quick local loop: everything except the end-to-end pipeline tests.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+params: $(STAMP)
+	$(BIN)/timbrelab params
+
+params-check: $(STAMP)
+	$(BIN)/timbrelab params --check
+
+mlflow-ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(abspath mlflow.db)" --default-artifact-root "$(abspath mlartifacts)" --host 127.0.0.1 --port 5000
+
+# Refresh constraints.txt from the current venv after a deliberate upgrade (then run `make test`).
+lock:
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^torch==' | sort > constraints.txt.new
+	echo "torch==2.13.0" >> constraints.txt.new && sort -o constraints.txt.new constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,86 @@
+"""The `timbrelab` command. Every error is one line naming the problem, exit code 2, no traceback
+unless --debug."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from timbrelab.errors import ConfigError, run_main
+
+STAGES = ("acquire_cello", "acquire_nsynth", "acquire_source", "prepare")
+
+
+def _cmd_params(args: argparse.Namespace) -> None:
+    from timbrelab import config
+    from timbrelab.tracking import repo_root
+
+    target = Path(args.out) if args.out else repo_root() / config.PARAMS_FILE
+    text = config.composed_yaml(args.overrides)
+    if args.check:
+        current = target.read_text(encoding="utf-8") if target.exists() else ""
+        if current != text:
+            raise ConfigError(f"{target} differs from conf/ composed with {args.overrides or 'no overrides'}; "
+                              "regenerate it with `make params`")
+        print(f"{target} matches conf/")
+        return
+    from timbrelab.fsutil import atomic_write_text
+
+    atomic_write_text(target, text)
+    print(f"wrote {target} from conf/ {' '.join(args.overrides)}".rstrip())
+
+
+def _cmd_youtube_resolve(args: argparse.Namespace) -> None:
+    from timbrelab.data import youtube
+
+    videos = youtube.resolve(args.queries, max_items=args.max_items, min_duration_s=args.min_duration,
+                             max_duration_s=args.max_duration, cookies_file=args.cookies)
+    youtube.write_videos_yaml(Path(args.out), args.queries, videos)
+    print(f"resolved {len(videos)} videos from {len(args.queries)} queries into {args.out}")
+    for video in videos:
+        print(f"  {video['id']}  {video.get('duration_s') or '?'} s  {video.get('title', '')}")
+
+
+def _cmd_stage(args: argparse.Namespace) -> None:
+    module = importlib.import_module(f"timbrelab.stages.{args.name}")
+    code = module.main()
+    if code:
+        raise SystemExit(code)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="timbrelab", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    params = sub.add_parser("params", help="compose conf/ into params.yaml (or --check that it matches)")
+    params.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. profile=tiny prepare.segment_seconds=2")
+    params.add_argument("--check", action="store_true", help="fail if params.yaml differs from conf/ composed")
+    params.add_argument("--out", help="write here instead of the repository's params.yaml")
+    params.set_defaults(func=_cmd_params)
+
+    resolve = sub.add_parser("youtube-resolve", help="turn search queries/playlists into a committed video list")
+    resolve.add_argument("queries", nargs="+", help="e.g. 'ytsearch20:bach cello suite' or a playlist URL")
+    resolve.add_argument("--out", default="conf/cello/youtube.yaml", help="YAML config whose videos: to write")
+    resolve.add_argument("--max-items", type=int, default=None)
+    resolve.add_argument("--min-duration", type=float, default=0.0, help="seconds")
+    resolve.add_argument("--max-duration", type=float, default=float("inf"), help="seconds")
+    resolve.add_argument("--cookies", default=None, help="Netscape cookies.txt, if YouTube asks for it")
+    resolve.set_defaults(func=_cmd_youtube_resolve)
+
+    stage = sub.add_parser("stage", help="run one pipeline stage outside DVC (what dvc.yaml runs)")
+    stage.add_argument("name", choices=STAGES)
+    stage.set_defaults(func=_cmd_stage)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run_main(lambda: args.func(args), debug=args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data acquisition and preparation: network sources, offline renders, local folders, prepare."""

@@ -1,0 +1,62 @@
+"""acquire_cello: the target domain's raw recordings -> data/raw/cello/ + manifest.json."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+from timbrelab.config import ACQUIRE_CELLO, LocalFolderConfig, OfflineCelloConfig, YoutubeConfig
+from timbrelab.errors import ConfigError
+from timbrelab.fsutil import atomic_dir
+from timbrelab.stages.common import StageResult, run_stage, write_manifest
+
+STAGE = "acquire_cello"
+OUT = Path("data/raw/cello")
+
+
+def acquire(cfg, root: Path) -> StageResult:
+    out = root / OUT
+    with atomic_dir(out) as tmp:
+        items, failed = _acquire_into(cfg, root, tmp)
+        write_manifest(tmp / "manifest.json", stage=STAGE, cfg=cfg, items=items, failed=failed, domain="cello")
+    seconds = sum(item["duration_s"] for item in items)
+    return StageResult(
+        metrics={"recordings": len(items), "failed": len(failed), "seconds": round(seconds, 3)},
+        artifacts=[out / "manifest.json"],
+        summary=f"wrote {len(items)} recordings ({seconds:.1f} s) to {OUT}, {len(failed)} failed",
+    )
+
+
+def _acquire_into(cfg, root: Path, out: Path) -> tuple[list[dict], list[dict]]:
+    if isinstance(cfg, OfflineCelloConfig):
+        from timbrelab.data.bach import render_offline_cello
+
+        return render_offline_cello(cfg, out), []
+    if isinstance(cfg, YoutubeConfig):
+        from timbrelab.data import youtube
+
+        if not cfg.videos:
+            raise ConfigError(
+                f"{STAGE}.videos is empty: resolve your queries into a committed id list first with "
+                "`timbrelab youtube-resolve 'ytsearch20:bach cello suite' --out conf/cello/youtube.yaml`"
+            )
+        return youtube.acquire(
+            [dataclasses.asdict(video) for video in cfg.videos], out, cache_dir=root / cfg.cache_dir,
+            sample_rate=cfg.sample_rate, min_duration_s=cfg.min_duration_s, max_duration_s=cfg.max_duration_s,
+            max_items=cfg.max_items, retries=cfg.retries, socket_timeout_s=cfg.socket_timeout_s,
+            cookies_file=cfg.cookies_file,
+        )
+    if isinstance(cfg, LocalFolderConfig):
+        from timbrelab.data.local import acquire_local
+
+        return acquire_local(dataclasses.replace(cfg, path=str(root / cfg.path)), out)
+    raise ConfigError(f"{STAGE}: unsupported source {cfg.source!r}")
+
+
+def main() -> int:
+    return run_stage(STAGE, ACQUIRE_CELLO, acquire)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

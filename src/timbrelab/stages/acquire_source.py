@@ -1,0 +1,48 @@
+"""acquire_source: the transfer source domain -> data/raw/source/ (+ true f0 tracks) + manifest.json."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+from timbrelab.config import ACQUIRE_SOURCE, GlidesSourceConfig, LocalFolderConfig
+from timbrelab.errors import ConfigError
+from timbrelab.fsutil import atomic_dir
+from timbrelab.stages.common import StageResult, run_stage, write_manifest
+
+STAGE = "acquire_source"
+OUT = Path("data/raw/source")
+
+
+def acquire(cfg, root: Path) -> StageResult:
+    out = root / OUT
+    with atomic_dir(out) as tmp:
+        if isinstance(cfg, GlidesSourceConfig):
+            from timbrelab.data.glides import render_source_glides
+
+            items, failed = render_source_glides(cfg, tmp), []
+        elif isinstance(cfg, LocalFolderConfig):
+            from timbrelab.data.local import acquire_local
+
+            items, failed = acquire_local(dataclasses.replace(cfg, path=str(root / cfg.path)), tmp)
+        else:
+            raise ConfigError(f"{STAGE}: unsupported source {cfg.source!r}")
+        write_manifest(tmp / "manifest.json", stage=STAGE, cfg=cfg, items=items, failed=failed, domain="source")
+    seconds = sum(item["duration_s"] for item in items)
+    with_f0 = sum(1 for item in items if item.get("f0_file"))
+    return StageResult(
+        metrics={"recordings": len(items), "failed": len(failed), "seconds": round(seconds, 3),
+                 "with_true_f0": with_f0},
+        artifacts=[out / "manifest.json"],
+        summary=f"wrote {len(items)} source clips ({seconds:.1f} s, {with_f0} with true f0) to {OUT}, "
+        f"{len(failed)} failed",
+    )
+
+
+def main() -> int:
+    return run_stage(STAGE, ACQUIRE_SOURCE, acquire)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""What every stage does around its own work: config, MLflow run, manifest, metrics, summary."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from timbrelab import config as config_mod
+from timbrelab import tracking
+from timbrelab.errors import run_main
+from timbrelab.fsutil import atomic_write_json, round_floats
+
+METRICS_DIR = Path("reports/metrics")
+
+
+@dataclass
+class StageResult:
+    """What a stage body hands back: DVC metrics, files to log as MLflow artifacts, a summary."""
+
+    metrics: dict[str, float]
+    artifacts: list[Path] = field(default_factory=list)
+    summary: str = ""
+
+
+def write_manifest(path: Path, *, stage: str, cfg: Any, items: list[dict], failed: list[dict], **extra: Any) -> None:
+    """manifest.json: every item with its provenance, every failed/skipped item with the reason.
+
+    Path-free and timestamp-free (DVC hashes it); floats rounded so float noise cannot change it.
+    """
+    manifest = {"stage": stage, "config": dataclasses.asdict(cfg), "items": items, "failed": failed, **extra}
+    atomic_write_json(path, round_floats(manifest))
+
+
+def run_stage(stage: str, schemas: Any, body: Callable[[Any, Path], StageResult]) -> int:
+    """Entry point of ``python -m timbrelab.stages.<stage>``: one-line errors, exit code 2."""
+
+    def _run() -> None:
+        started = time.perf_counter()
+        root = tracking.repo_root()
+        cfg = config_mod.load_stage_config(stage, schemas)
+        with tracking.stage_run(stage, dataclasses.asdict(cfg)) as run:
+            result = body(cfg, root)
+            elapsed = time.perf_counter() - started
+            metrics = {**result.metrics, "stage_seconds": round(elapsed, 3)}
+            # The DVC metrics file leaves out wall time: it must hash the same on every run.
+            atomic_write_json(root / METRICS_DIR / f"{stage}.json", round_floats(result.metrics))
+            run.log_metrics(metrics)
+            for artifact in result.artifacts:
+                if artifact.exists():
+                    run.log_artifact(artifact)
+        print(f"[{stage}] {result.summary} ({elapsed:.1f} s; MLflow run {run.run_id})", file=sys.stderr)
+
+    return run_main(_run)
+
+
+def relative(root: Path, path: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
