@@ -107,3 +107,20 @@ def test_stage_run_logs_params_tags_and_status(repo, monkeypatch):
     assert ok.data.tags["stage"] == "demo"
     assert ok.data.tags["dvc.dep.code.py"] == tracking.file_md5(repo / "code.py")
     assert ok.data.tags["lib.numpy"] != "not installed"
+
+
+def test_dirty_flag_ignores_declared_outputs_but_not_code(repo):
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"s": {
+        "cmd": "x", "outs": ["data/raw/thing"], "metrics": [{"reports/m.json": {"cache": False}}]}}}))
+    (repo / "code.py").write_text("x = 1\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "init")
+    (repo / "data" / "raw").mkdir(parents=True)
+    (repo / "data" / ".gitignore").write_text("/raw\n")
+    (repo / "data" / "raw" / ".gitignore").write_text("/thing\n")
+    (repo / "reports").mkdir()
+    (repo / "reports" / "m.json").write_text("{}")
+    assert tracking.git_tags(repo)["git.dirty"] == "false"
+    (repo / "reports" / "notes.txt").write_text("not a DVC output")
+    assert tracking.git_tags(repo)["git.dirty"] == "true"

@@ -36,7 +36,8 @@ def _cmd_youtube_resolve(args: argparse.Namespace) -> None:
     from timbrelab.data import youtube
 
     videos = youtube.resolve(args.queries, max_items=args.max_items, min_duration_s=args.min_duration,
-                             max_duration_s=args.max_duration, cookies_file=args.cookies)
+                             max_duration_s=args.max_duration, cookies_file=args.cookies,
+                             js_runtimes=args.js_runtime or ["deno"])
     youtube.write_videos_yaml(Path(args.out), args.queries, videos)
     print(f"resolved {len(videos)} videos from {len(args.queries)} queries into {args.out}")
     for video in videos:
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.add_argument("--min-duration", type=float, default=0.0, help="seconds")
     resolve.add_argument("--max-duration", type=float, default=float("inf"), help="seconds")
     resolve.add_argument("--cookies", default=None, help="Netscape cookies.txt, if YouTube asks for it")
+    resolve.add_argument("--js-runtime", action="append", help="JavaScript runtime for YouTube (default deno)")
     resolve.set_defaults(func=_cmd_youtube_resolve)
 
     stage = sub.add_parser("stage", help="run one pipeline stage outside DVC (what dvc.yaml runs)")

@@ -72,6 +72,7 @@ class YoutubeConfig:
     retries: int = 3
     socket_timeout_s: float = 30.0
     cookies_file: str | None = None  # Netscape cookies.txt, when YouTube asks to confirm you are not a bot
+    js_runtimes: list[str] = field(default_factory=lambda: ["deno"])  # for YouTube's challenges: deno, node, bun
     cache_dir: str = "data/cache/youtube"  # downloads + yt-dlp archive, kept across runs (not a DVC out)
 
 

@@ -22,7 +22,8 @@ from typing import Any
 import yaml
 
 EXPERIMENT_NAME = "timbrelab"
-# Files DVC rewrites during `dvc repro` / `dvc exp run`: they must not make a run look dirty.
+# Files DVC rewrites during `dvc repro` / `dvc exp run`: they must not make a run look dirty
+# (nor must the outputs dvc.yaml declares; see dvc_written_paths).
 DVC_REWRITTEN = ("dvc.lock", "params.yaml")
 KEY_LIBRARIES = ("timbrelab", "torch", "lightning", "librosa", "numpy", "soundfile", "soxr",
                  "pretty_midi", "tinysoundfont", "yt-dlp", "dvc", "mlflow", "hydra-core", "omegaconf")
@@ -89,11 +90,35 @@ def _git(root: Path, *args: str) -> str | None:
     return out.stdout
 
 
+def dvc_written_paths(root: Path) -> set[str]:
+    """Paths DVC itself (re)writes during a run: dvc.lock, params.yaml, every declared output,
+    metrics and plots file, and the .gitignore files it keeps beside outputs."""
+    paths = set(DVC_REWRITTEN)
+    dvc_yaml = root / "dvc.yaml"
+    spec = yaml.safe_load(dvc_yaml.read_text()) if dvc_yaml.exists() else None
+    for stage in ((spec or {}).get("stages") or {}).values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind) or []:
+                out = next(iter(entry)) if isinstance(entry, dict) else str(entry)
+                paths.add(out.rstrip("/"))
+                parent = Path(out).parent
+                while parent != Path("."):
+                    paths.add((parent / ".gitignore").as_posix())
+                    parent = parent.parent
+    return paths
+
+
+def _is_dvc_written(path: str, written: set[str]) -> bool:
+    return path in written or any(path.startswith(f"{out}/") for out in written)
+
+
 def git_tags(root: Path) -> dict[str, str]:
+    """HEAD and whether the work tree differs from it in anything but what DVC rewrites."""
     commit = (_git(root, "rev-parse", "HEAD") or "").strip()
-    status = _git(root, "status", "--porcelain") or ""
-    changed = [line[3:].strip() for line in status.splitlines() if line.strip()]
-    dirty = [path for path in changed if path not in DVC_REWRITTEN]
+    status = _git(root, "status", "--porcelain", "--untracked-files=all") or ""
+    changed = [line[3:].strip().strip('"') for line in status.splitlines() if line.strip()]
+    written = dvc_written_paths(root)
+    dirty = [path for path in changed if not _is_dvc_written(path, written)]
     return {"git.commit": commit or "unknown", "git.dirty": str(bool(dirty)).lower()}
 
 

@@ -9,16 +9,18 @@ from pathlib import Path
 from timbrelab.config import ACQUIRE_CELLO, LocalFolderConfig, OfflineCelloConfig, YoutubeConfig
 from timbrelab.errors import ConfigError
 from timbrelab.fsutil import atomic_dir
-from timbrelab.stages.common import StageResult, run_stage, write_manifest
+from timbrelab.stages.common import StageResult, require_items, run_stage, write_manifest
 
 STAGE = "acquire_cello"
+SCHEMAS = ACQUIRE_CELLO
 OUT = Path("data/raw/cello")
 
 
-def acquire(cfg, root: Path) -> StageResult:
+def run(cfg, root: Path) -> StageResult:
     out = root / OUT
     with atomic_dir(out) as tmp:
         items, failed = _acquire_into(cfg, root, tmp)
+        require_items(STAGE, items, failed)
         write_manifest(tmp / "manifest.json", stage=STAGE, cfg=cfg, items=items, failed=failed, domain="cello")
     seconds = sum(item["duration_s"] for item in items)
     return StageResult(
@@ -45,7 +47,7 @@ def _acquire_into(cfg, root: Path, out: Path) -> tuple[list[dict], list[dict]]:
             [dataclasses.asdict(video) for video in cfg.videos], out, cache_dir=root / cfg.cache_dir,
             sample_rate=cfg.sample_rate, min_duration_s=cfg.min_duration_s, max_duration_s=cfg.max_duration_s,
             max_items=cfg.max_items, retries=cfg.retries, socket_timeout_s=cfg.socket_timeout_s,
-            cookies_file=cfg.cookies_file,
+            cookies_file=str(root / cfg.cookies_file) if cfg.cookies_file else None, js_runtimes=cfg.js_runtimes,
         )
     if isinstance(cfg, LocalFolderConfig):
         from timbrelab.data.local import acquire_local
@@ -55,7 +57,7 @@ def _acquire_into(cfg, root: Path, out: Path) -> tuple[list[dict], list[dict]]:
 
 
 def main() -> int:
-    return run_stage(STAGE, ACQUIRE_CELLO, acquire)
+    return run_stage(STAGE, SCHEMAS, run)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,14 @@ from pathlib import Path
 from timbrelab.config import ACQUIRE_NSYNTH, NSynthDownloadConfig, NSynthLocalConfig, OfflineNSynthConfig
 from timbrelab.errors import ConfigError
 from timbrelab.fsutil import atomic_dir
-from timbrelab.stages.common import StageResult, run_stage, write_manifest
+from timbrelab.stages.common import StageResult, require_items, run_stage, write_manifest
 
 STAGE = "acquire_nsynth"
+SCHEMAS = ACQUIRE_NSYNTH
 OUT = Path("data/raw/nsynth")
 
 
-def acquire(cfg, root: Path) -> StageResult:
+def run(cfg, root: Path) -> StageResult:
     out = root / OUT
     with atomic_dir(out) as tmp:
         if isinstance(cfg, OfflineNSynthConfig):
@@ -35,6 +36,7 @@ def acquire(cfg, root: Path) -> StageResult:
         else:
             raise ConfigError(f"{STAGE}: unsupported source {cfg.source!r}")
         items, failed = result.get("items", []), result.get("failed", [])
+        require_items(STAGE, items, failed)
         write_manifest(tmp / "manifest.json", stage=STAGE, cfg=cfg, items=items, failed=failed, domain="nsynth")
     per_split = Counter(item["split"] for item in items)
     metrics = {"notes": len(items), "failed": len(failed), **{f"notes_{s}": n for s, n in sorted(per_split.items())}}
@@ -52,7 +54,7 @@ def _with_root(cfg, root: Path, key: str):
 
 
 def main() -> int:
-    return run_stage(STAGE, ACQUIRE_NSYNTH, acquire)
+    return run_stage(STAGE, SCHEMAS, run)
 
 
 if __name__ == "__main__":

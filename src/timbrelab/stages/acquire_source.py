@@ -9,13 +9,14 @@ from pathlib import Path
 from timbrelab.config import ACQUIRE_SOURCE, GlidesSourceConfig, LocalFolderConfig
 from timbrelab.errors import ConfigError
 from timbrelab.fsutil import atomic_dir
-from timbrelab.stages.common import StageResult, run_stage, write_manifest
+from timbrelab.stages.common import StageResult, require_items, run_stage, write_manifest
 
 STAGE = "acquire_source"
+SCHEMAS = ACQUIRE_SOURCE
 OUT = Path("data/raw/source")
 
 
-def acquire(cfg, root: Path) -> StageResult:
+def run(cfg, root: Path) -> StageResult:
     out = root / OUT
     with atomic_dir(out) as tmp:
         if isinstance(cfg, GlidesSourceConfig):
@@ -28,6 +29,7 @@ def acquire(cfg, root: Path) -> StageResult:
             items, failed = acquire_local(dataclasses.replace(cfg, path=str(root / cfg.path)), tmp)
         else:
             raise ConfigError(f"{STAGE}: unsupported source {cfg.source!r}")
+        require_items(STAGE, items, failed)
         write_manifest(tmp / "manifest.json", stage=STAGE, cfg=cfg, items=items, failed=failed, domain="source")
     seconds = sum(item["duration_s"] for item in items)
     with_f0 = sum(1 for item in items if item.get("f0_file"))
@@ -41,7 +43,7 @@ def acquire(cfg, root: Path) -> StageResult:
 
 
 def main() -> int:
-    return run_stage(STAGE, ACQUIRE_SOURCE, acquire)
+    return run_stage(STAGE, SCHEMAS, run)
 
 
 if __name__ == "__main__":

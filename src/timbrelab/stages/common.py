@@ -12,7 +12,7 @@ from typing import Any
 
 from timbrelab import config as config_mod
 from timbrelab import tracking
-from timbrelab.errors import run_main
+from timbrelab.errors import TimbrelabError, run_main
 from timbrelab.fsutil import atomic_write_json, round_floats
 
 METRICS_DIR = Path("reports/metrics")
@@ -27,6 +27,16 @@ class StageResult:
     summary: str = ""
 
 
+def require_items(stage: str, items: list[dict], failed: list[dict]) -> None:
+    """A batch job skips bad items, but a stage that produced nothing at all has failed."""
+    if items:
+        return
+    reasons = "; ".join(f"{f.get('id') or f.get('split') or '?'}: {f.get('reason', '?')}" for f in failed[:3])
+    more = f" (and {len(failed) - 3} more)" if len(failed) > 3 else ""
+    raise TimbrelabError(f"{stage} produced no items" + (f"; failures: {reasons}{more}" if failed else
+                                                         "; check its section of params.yaml"))
+
+
 def write_manifest(path: Path, *, stage: str, cfg: Any, items: list[dict], failed: list[dict], **extra: Any) -> None:
     """manifest.json: every item with its provenance, every failed/skipped item with the reason.
 
@@ -36,26 +46,29 @@ def write_manifest(path: Path, *, stage: str, cfg: Any, items: list[dict], faile
     atomic_write_json(path, round_floats(manifest))
 
 
+def execute_stage(stage: str, schemas: Any, body: Callable[[Any, Path], StageResult], *,
+                  params: dict[str, Any] | None = None, extra_tags: dict[str, str] | None = None) -> StageResult:
+    """Validate the stage's section (of params.yaml, or of ``params``), run ``body`` inside one MLflow
+    run, write the DVC metrics file, print a one-line summary."""
+    started = time.perf_counter()
+    root = tracking.repo_root()
+    cfg = config_mod.load_stage_config(stage, schemas, params)
+    with tracking.stage_run(stage, dataclasses.asdict(cfg), extra_tags=extra_tags) as run:
+        result = body(cfg, root)
+        elapsed = time.perf_counter() - started
+        # The DVC metrics file leaves out wall time: it must hash the same on every run.
+        atomic_write_json(root / METRICS_DIR / f"{stage}.json", round_floats(result.metrics))
+        run.log_metrics({**result.metrics, "stage_seconds": round(elapsed, 3)})
+        for artifact in result.artifacts:
+            if artifact.exists():
+                run.log_artifact(artifact)
+    print(f"[{stage}] {result.summary} ({elapsed:.1f} s; MLflow run {run.run_id})", file=sys.stderr)
+    return result
+
+
 def run_stage(stage: str, schemas: Any, body: Callable[[Any, Path], StageResult]) -> int:
     """Entry point of ``python -m timbrelab.stages.<stage>``: one-line errors, exit code 2."""
-
-    def _run() -> None:
-        started = time.perf_counter()
-        root = tracking.repo_root()
-        cfg = config_mod.load_stage_config(stage, schemas)
-        with tracking.stage_run(stage, dataclasses.asdict(cfg)) as run:
-            result = body(cfg, root)
-            elapsed = time.perf_counter() - started
-            metrics = {**result.metrics, "stage_seconds": round(elapsed, 3)}
-            # The DVC metrics file leaves out wall time: it must hash the same on every run.
-            atomic_write_json(root / METRICS_DIR / f"{stage}.json", round_floats(result.metrics))
-            run.log_metrics(metrics)
-            for artifact in result.artifacts:
-                if artifact.exists():
-                    run.log_artifact(artifact)
-        print(f"[{stage}] {result.summary} ({elapsed:.1f} s; MLflow run {run.run_id})", file=sys.stderr)
-
-    return run_main(_run)
+    return run_main(lambda: execute_stage(stage, schemas, body))
 
 
 def relative(root: Path, path: Path) -> str:

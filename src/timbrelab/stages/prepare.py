@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 from timbrelab.config import PrepareConfig
-from timbrelab.errors import ConfigError
+from timbrelab.errors import TimbrelabError
 from timbrelab.fsutil import atomic_dir, atomic_write_json, round_floats
 from timbrelab.stages.common import StageResult, run_stage, write_manifest
 
 STAGE = "prepare"
+SCHEMAS = PrepareConfig
 RAW = Path("data/raw")
 OUT = Path("data/prepared")
 PLOT = Path("reports/plots/prepare_splits.json")
@@ -22,12 +23,9 @@ RECORDING_DOMAINS = ("cello", "source")
 NOTE_DOMAINS = ("nsynth",)
 
 
-def prepare(cfg: PrepareConfig, root: Path) -> StageResult:
+def run(cfg: PrepareConfig, root: Path) -> StageResult:
     from timbrelab.data.prepare import prepare_notes, prepare_recordings
 
-    split_sum = cfg.split.train + cfg.split.valid + cfg.split.test
-    if abs(split_sum - 1.0) > 1e-6:
-        raise ConfigError(f"{STAGE}.split: train + valid + test must be 1, got {split_sum:g}")
     summaries = []
     with atomic_dir(root / OUT) as tmp:
         for domain in RECORDING_DOMAINS:
@@ -35,8 +33,17 @@ def prepare(cfg: PrepareConfig, root: Path) -> StageResult:
         for domain in NOTE_DOMAINS:
             summaries.append(prepare_notes(root / RAW / domain, tmp / domain, cfg, domain=domain))
         skipped = [{"domain": s["domain"], **entry} for s in summaries for entry in s.get("skipped", [])]
+        for summary in summaries:
+            clips = sum(stats.get("segments", 0) for stats in summary["splits"].values())
+            if not clips:
+                raise TimbrelabError(f"{STAGE}: domain '{summary['domain']}' produced no clips "
+                                     f"({len(summary.get('skipped', []))} inputs skipped; see data/raw/"
+                                     f"{summary['domain']}/manifest.json and the {STAGE} section)")
+        # Per-note split maps would make the manifest grow with NSynth: each split's index.json has them.
         write_manifest(tmp / "manifest.json", stage=STAGE, cfg=cfg, items=[], failed=skipped,
-                       domains={s["domain"]: {k: v for k, v in s.items() if k != "skipped"} for s in summaries})
+                       domains={s["domain"]: {k: v for k, v in s.items()
+                                              if k != "skipped" and not (k == "recordings" and s["kind"] == "notes")}
+                                for s in summaries})
 
     rows, metrics = [], {"skipped": len(skipped)}
     for summary in summaries:
@@ -58,7 +65,7 @@ def prepare(cfg: PrepareConfig, root: Path) -> StageResult:
 
 
 def main() -> int:
-    return run_stage(STAGE, PrepareConfig, prepare)
+    return run_stage(STAGE, SCHEMAS, run)
 
 
 if __name__ == "__main__":
