@@ -18,6 +18,7 @@ from scipy.signal import hilbert
 
 from timbrelab.audio import rms_db
 from timbrelab.config import LocalFolderConfig, PrepareConfig, SplitFractions
+from timbrelab.f0track import n_frames
 from timbrelab.data import prepare as prepare_mod
 from timbrelab.data.local import acquire_local
 from timbrelab.data.prepare import assign_splits, prepare_notes, prepare_recordings
@@ -257,7 +258,7 @@ def test_f0_slices_stay_aligned_with_audio(tmp_path):
     for split, entry in segs:
         rows = np.loadtxt(tmp_path / "out" / split / entry["f0_file"], delimiter=",", skiprows=1)
         assert (tmp_path / "out" / split / entry["f0_file"]).read_text().startswith("time_s,f0_hz,voiced\n")
-        assert rows.shape == (SR // 64, 3)
+        assert rows.shape == (n_frames(SR, 64), 3)  # 1 s segments, centred framing: 1 + n // hop rows
         assert np.allclose(rows[:, 0], np.arange(rows.shape[0]) * hop_s)
         raw_index = entry["start_s"] / hop_s
         assert raw_index == pytest.approx(round(raw_index), abs=1e-6)  # the trim start sits on the f0 grid

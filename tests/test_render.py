@@ -17,6 +17,7 @@ import soundfile as sf
 
 from timbrelab.audio import rms_db
 from timbrelab.config import GlidesSourceConfig, OfflineCelloConfig, OfflineNSynthConfig, SplitFractions
+from timbrelab import f0track
 from timbrelab.data import bach, glides, nsynth_offline, soundfont
 from timbrelab.data import nsynth_schema as schema
 from timbrelab.errors import ConfigError, TimbrelabError
@@ -298,7 +299,7 @@ def test_glides_f0_truth_matches_the_audio(tmp_path, harmonics):
     text = (tmp_path / item["f0_file"]).read_text()
     assert text.splitlines()[0] == "time_s,f0_hz,voiced"
     assert text.splitlines()[1] == "0.000000,0.0000,0"
-    times, f0, voiced = glides.read_f0_csv(tmp_path / item["f0_file"])
+    times, f0, voiced = f0track.read_f0_csv(tmp_path / item["f0_file"])
     hop = cfg.hop_length
     assert f0.shape[0] == 1 + audio.shape[0] // hop
     assert np.allclose(times, np.arange(f0.shape[0]) * hop / SR)
@@ -358,7 +359,7 @@ def test_glides_are_deterministic_and_seeded(tmp_path):
     with pytest.raises(TimbrelabError, match="header"):
         bad = tmp_path / "bad.f0.csv"
         bad.write_text("t,f\n0,0\n")
-        glides.read_f0_csv(bad)
+        f0track.read_f0_csv(bad)
 
 
 def test_demo_sizes_render_speed(tmp_path):

@@ -26,8 +26,8 @@ def _job(cfg) -> None:
             "hydra.job_num": str(hydra_cfg.job.num if hydra_cfg.job.get("num") is not None else 0)}
     if hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN":
         tags["hydra.sweep_dir"] = str(hydra_cfg.sweep.dir)
-    module = stage_module(stage)
     try:
+        module = stage_module(stage)
         execute_stage(stage, module.SCHEMAS, module.run, params=params, extra_tags=tags)
     except TimbrelabError as exc:
         # The one-line convention, also under Hydra (which would otherwise print its own traceback).

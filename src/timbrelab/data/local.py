@@ -24,9 +24,9 @@ from tqdm import tqdm
 from timbrelab.audio import AUDIO_EXTENSIONS, ffmpeg_exe
 from timbrelab.config import LocalFolderConfig
 from timbrelab.errors import AudioError, TimbrelabError
+from timbrelab.f0track import F0_SUFFIX
 from timbrelab.fsutil import atomic_path, sha256_file
 
-F0_SUFFIX = ".f0.csv"
 _MAX_SLUG = 80
 _DIR_SEP = "__"  # a slugged path part never contains "_", so this separator is unambiguous
 

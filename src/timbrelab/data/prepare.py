@@ -43,11 +43,10 @@ from tqdm import tqdm
 from timbrelab.audio import AUDIO_EXTENSIONS, convert_to_wav, load_audio, rms_db, save_wav, stream_blocks
 from timbrelab.config import PrepareConfig
 from timbrelab.errors import AudioError, ConfigError, TimbrelabError
+from timbrelab.f0track import F0_SUFFIX, n_frames, read_f0_csv, write_f0_csv
 from timbrelab.fsutil import atomic_dir, atomic_path, atomic_write_json, read_json, round_floats
 
 SPLITS = ("train", "valid", "test")
-F0_SUFFIX = ".f0.csv"
-F0_HEADER = "time_s,f0_hz,voiced"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _BLOCK_FRAMES = 1 << 16      # input frames per streamed block
 _FRAME_SECONDS = 0.02        # analysis frame for trim and level
@@ -447,14 +446,11 @@ def _read_f0(raw_dir: Path, rid: str, name: str, listed: object = None) -> _F0Tr
     if path is None:
         return None
     try:
-        with open(path, encoding="utf-8") as handle:
-            header = handle.readline().strip()
-            if header.replace(" ", "") != F0_HEADER:
-                raise _Skip(f"{rid}: {path.name}: header {header!r}, expected {F0_HEADER!r}")
-            rows = np.loadtxt(handle, delimiter=",", dtype=np.float64, ndmin=2)
-    except (OSError, ValueError) as exc:
+        times, f0_hz, voiced = read_f0_csv(path)
+    except TimbrelabError as exc:
         raise _Skip(f"{rid}: {path.name}: unreadable f0 track ({exc})") from exc
-    if rows.shape[0] < 2 or rows.shape[1] != 3 or not np.all(np.isfinite(rows)):
+    rows = np.stack([times, f0_hz, voiced.astype(np.float64)], axis=1)
+    if rows.shape[0] < 2:
         raise _Skip(f"{rid}: {path.name}: expected at least 2 finite rows of time_s,f0_hz,voiced")
     times = rows[:, 0]
     hop = float(np.median(np.diff(times)))
@@ -471,7 +467,7 @@ def _write_f0_slice(path: Path, track: _F0Track, start_s: float, seg_len: int, s
     otherwise f0 is interpolated linearly between two voiced neighbours (nearest row otherwise).
     Rows past the end of the raw track are unvoiced.
     """
-    n_rows = int(math.floor(seg_len / (track.hop_s * sr) + 1e-9))
+    n_rows = n_frames(seg_len, int(round(track.hop_s * sr)))
     rel = np.arange(n_rows) * track.hop_s
     pos = (start_s + rel - track.t0) / track.hop_s
     nearest = np.rint(pos).astype(np.int64)
@@ -488,10 +484,7 @@ def _write_f0_slice(path: Path, track: _F0Track, start_s: float, seg_len: int, s
     outside = (nearest < 0) | (nearest > last)
     f0[outside] = 0.0
     voiced[outside] = False
-    f0[~voiced] = 0.0
-    lines = [F0_HEADER] + [f"{t:.6f},{float(f)!r},{int(v)}" for t, f, v in zip(rel, f0, voiced)]
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_f0_csv(path, rel, f0, voiced)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from timbrelab.config import ACQUIRE_CELLO, LocalFolderConfig, OfflineCelloConfig, YoutubeConfig
 from timbrelab.errors import ConfigError
-from timbrelab.fsutil import atomic_dir
-from timbrelab.stages.common import StageResult, require_items, run_stage, write_manifest
+from timbrelab.stages.common import StageResult, acquire_into, run_stage
 
 STAGE = "acquire_cello"
 SCHEMAS = ACQUIRE_CELLO
@@ -18,10 +17,7 @@ OUT = Path("data/raw/cello")
 
 def run(cfg, root: Path) -> StageResult:
     out = root / OUT
-    with atomic_dir(out) as tmp:
-        items, failed = _acquire_into(cfg, root, tmp)
-        require_items(STAGE, items, failed)
-        write_manifest(tmp / "manifest.json", stage=STAGE, cfg=cfg, items=items, failed=failed, domain="cello")
+    items, failed = acquire_into(STAGE, out, cfg, "cello", lambda tmp: _acquire(cfg, root, tmp))
     seconds = sum(item["duration_s"] for item in items)
     return StageResult(
         metrics={"recordings": len(items), "failed": len(failed), "seconds": round(seconds, 3)},
@@ -30,7 +26,7 @@ def run(cfg, root: Path) -> StageResult:
     )
 
 
-def _acquire_into(cfg, root: Path, out: Path) -> tuple[list[dict], list[dict]]:
+def _acquire(cfg, root: Path, out: Path) -> tuple[list[dict], list[dict]]:
     if isinstance(cfg, OfflineCelloConfig):
         from timbrelab.data.bach import render_offline_cello
 

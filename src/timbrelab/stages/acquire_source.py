@@ -8,8 +8,7 @@ from pathlib import Path
 
 from timbrelab.config import ACQUIRE_SOURCE, GlidesSourceConfig, LocalFolderConfig
 from timbrelab.errors import ConfigError
-from timbrelab.fsutil import atomic_dir
-from timbrelab.stages.common import StageResult, require_items, run_stage, write_manifest
+from timbrelab.stages.common import StageResult, acquire_into, run_stage
 
 STAGE = "acquire_source"
 SCHEMAS = ACQUIRE_SOURCE
@@ -18,19 +17,7 @@ OUT = Path("data/raw/source")
 
 def run(cfg, root: Path) -> StageResult:
     out = root / OUT
-    with atomic_dir(out) as tmp:
-        if isinstance(cfg, GlidesSourceConfig):
-            from timbrelab.data.glides import render_source_glides
-
-            items, failed = render_source_glides(cfg, tmp), []
-        elif isinstance(cfg, LocalFolderConfig):
-            from timbrelab.data.local import acquire_local
-
-            items, failed = acquire_local(dataclasses.replace(cfg, path=str(root / cfg.path)), tmp)
-        else:
-            raise ConfigError(f"{STAGE}: unsupported source {cfg.source!r}")
-        require_items(STAGE, items, failed)
-        write_manifest(tmp / "manifest.json", stage=STAGE, cfg=cfg, items=items, failed=failed, domain="source")
+    items, failed = acquire_into(STAGE, out, cfg, "source", lambda tmp: _acquire(cfg, root, tmp))
     seconds = sum(item["duration_s"] for item in items)
     with_f0 = sum(1 for item in items if item.get("f0_file"))
     return StageResult(
@@ -40,6 +27,18 @@ def run(cfg, root: Path) -> StageResult:
         summary=f"wrote {len(items)} source clips ({seconds:.1f} s, {with_f0} with true f0) to {OUT}, "
         f"{len(failed)} failed",
     )
+
+
+def _acquire(cfg, root: Path, out: Path) -> tuple[list[dict], list[dict]]:
+    if isinstance(cfg, GlidesSourceConfig):
+        from timbrelab.data.glides import render_source_glides
+
+        return render_source_glides(cfg, out), []
+    if isinstance(cfg, LocalFolderConfig):
+        from timbrelab.data.local import acquire_local
+
+        return acquire_local(dataclasses.replace(cfg, path=str(root / cfg.path)), out)
+    raise ConfigError(f"{STAGE}: unsupported source {cfg.source!r}")
 
 
 def main() -> int:

@@ -13,7 +13,7 @@ from typing import Any
 from timbrelab import config as config_mod
 from timbrelab import tracking
 from timbrelab.errors import TimbrelabError, run_main
-from timbrelab.fsutil import atomic_write_json, round_floats
+from timbrelab.fsutil import atomic_dir, atomic_write_json, round_floats
 
 METRICS_DIR = Path("reports/metrics")
 
@@ -44,6 +44,17 @@ def write_manifest(path: Path, *, stage: str, cfg: Any, items: list[dict], faile
     """
     manifest = {"stage": stage, "config": dataclasses.asdict(cfg), "items": items, "failed": failed, **extra}
     atomic_write_json(path, round_floats(manifest))
+
+
+def acquire_into(stage: str, out: Path, cfg: Any, domain: str,
+                 fill: Callable[[Path], tuple[list[dict], list[dict]]]) -> tuple[list[dict], list[dict]]:
+    """Build an acquisition's output directory atomically: ``fill(tmp_dir) -> (items, failed)``, then
+    the manifest; a stage that produced nothing fails and leaves the old output untouched."""
+    with atomic_dir(out) as tmp:
+        items, failed = fill(tmp)
+        require_items(stage, items, failed)
+        write_manifest(tmp / "manifest.json", stage=stage, cfg=cfg, items=items, failed=failed, domain=domain)
+    return items, failed
 
 
 def execute_stage(stage: str, schemas: Any, body: Callable[[Any, Path], StageResult], *,
