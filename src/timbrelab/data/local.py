@@ -83,9 +83,7 @@ def acquire_local(cfg: LocalFolderConfig, out_dir: Path, *, progress: bool = Tru
             continue
         dst_name = f"{item_id}{rel.suffix.lower()}"
         _copy(src, out_dir / dst_name)
-        if rel in sidecar_of:
-            _copy(root / sidecar_of[rel], out_dir / f"{item_id}{F0_SUFFIX}")
-        items.append({
+        item = {
             "id": item_id,
             "file": dst_name,
             "duration_s": duration,
@@ -94,7 +92,12 @@ def acquire_local(cfg: LocalFolderConfig, out_dir: Path, *, progress: bool = Tru
             "sha256": sha256_file(out_dir / dst_name),
             "license": cfg.license,
             "provenance": {"source": "local", "relpath": rel.as_posix()},
-        })
+        }
+        if rel in sidecar_of:
+            item["f0_file"] = f"{item_id}{F0_SUFFIX}"
+            item["provenance"]["f0_relpath"] = sidecar_of[rel].as_posix()
+            _copy(root / sidecar_of[rel], out_dir / item["f0_file"])
+        items.append(item)
     items.sort(key=lambda item: item["id"])
     failed.sort(key=lambda entry: (entry["file"], entry["id"]))
     return items, failed
