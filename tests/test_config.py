@@ -15,7 +15,8 @@ from timbrelab.errors import ConfigError
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = sorted(p.stem for p in (REPO / "conf/profile").glob("*.yaml"))
 STAGE_SCHEMAS = {"acquire_cello": config.ACQUIRE_CELLO, "acquire_nsynth": config.ACQUIRE_NSYNTH,
-                 "acquire_source": config.ACQUIRE_SOURCE, "prepare": config.PrepareConfig}
+                 "acquire_source": config.ACQUIRE_SOURCE, "prepare": config.PrepareConfig,
+                 "features": config.FeaturesConfig}
 
 
 def test_committed_params_yaml_matches_composed_conf():

@@ -9,7 +9,7 @@ import yaml
 
 pytestmark = pytest.mark.slow
 
-STAGES = ("acquire_cello", "acquire_nsynth", "acquire_source", "prepare")
+STAGES = ("acquire_cello", "acquire_nsynth", "acquire_source", "prepare", "features")
 
 
 def _lock(repo) -> dict:
@@ -113,3 +113,26 @@ def test_committed_dvc_lock_is_reproduced_from_scratch(tmp_path):
     assert diff.returncode == 0, (
         "dvc.lock differs from a fresh `dvc repro`: if you changed code or conf/ on purpose, run "
         f"`make repro` and commit dvc.lock.\n{run(['git', 'diff', 'dvc.lock'], repo).stdout[:3000]}")
+
+
+def test_features_stage_output(tiny_repo):
+    from timbrelab.data.datasets import DDSPDataset, FeatureSplit, UnpairedCQTDataset, WaveNetDataset, load_stats
+
+    features = tiny_repo.path / "data/features"
+    for domain in ("cello", "source", "nsynth"):
+        stats = load_stats(features / domain / "stats.json")
+        assert stats["frame_hop"] == 64 and stats["cqt_hop"] == 256 and stats["computed_on"] == "train"
+        assert len(stats["loudness_db"]["quantiles"]) == 101
+        split = FeatureSplit(features / domain / "train", stats)
+        assert len(split.entries) > 0
+        png = tiny_repo.path / "reports/data" / f"{domain}.png"
+        assert png.read_bytes()[:4] == b"\x89PNG"
+    cello = load_stats(features / "cello/stats.json")
+    assert 36 <= cello["f0"]["p01_midi"] < cello["f0"]["mean_midi"] < cello["f0"]["p99_midi"] <= 84
+    item = DDSPDataset(features / "cello/train", cello, crop_seconds=1.0)[0]
+    assert item["audio"].shape[0] == 250 * 64 and item["f0_hz"].shape[0] == 250
+    source = load_stats(features / "source/stats.json")
+    pair = UnpairedCQTDataset(features / "source/train", features / "cello/train", source, cello, crop_frames=32)[0]
+    assert pair["a"].shape == pair["b"].shape == (1, cello["n_bins"], 32)
+    wav = WaveNetDataset(features / "cello/train", cello, crop_frames=8)[0]
+    assert wav["audio"].shape[0] == 8 * 256

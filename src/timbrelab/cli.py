@@ -10,7 +10,6 @@ from pathlib import Path
 
 from timbrelab.errors import ConfigError, run_main
 
-STAGES = ("acquire_cello", "acquire_nsynth", "acquire_source", "prepare")
 
 
 def _cmd_params(args: argparse.Namespace) -> None:
@@ -73,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.set_defaults(func=_cmd_youtube_resolve)
 
     stage = sub.add_parser("stage", help="run one pipeline stage outside DVC (what dvc.yaml runs)")
+    from timbrelab.stages import STAGES
+
     stage.add_argument("name", choices=STAGES)
     stage.set_defaults(func=_cmd_stage)
     return parser

@@ -166,6 +166,50 @@ class PrepareConfig:
     split: SplitFractions = field(default_factory=SplitFractions)
 
 
+@dataclass
+class CQTConfig:
+    """log-CQT for CycleGAN/WaveNet: C2 upwards, under Nyquist (checked at start)."""
+
+    hop_length: int = 256         # 4 model frames: cqt_hop / frame_hop must be an integer
+    fmin_hz: float = 65.406       # C2, the cello's open C string
+    bins_per_octave: int = 24
+    n_bins: int = 156             # 6.5 octaves
+    log_floor: float = 1e-5       # log(|C| + floor)
+    griffinlim_iters: int = 32    # phase recovery for listening / the no-model baseline
+
+
+@dataclass
+class PitchConfig:
+    """f0 with confidence at the model frame rate."""
+
+    estimator: str = "swift"      # swift (ONNX, model in its wheel) | pyin (librosa)
+    fmin_hz: float = 50.0
+    fmax_hz: float = 2000.0
+    voiced_threshold: float = 0.5  # confidence at or above which a frame counts as voiced (stats, report)
+
+
+@dataclass
+class LoudnessConfig:
+    """A-weighted loudness per frame, DDSP-style."""
+
+    n_fft: int = 2048
+    floor_db: float = -80.0
+
+
+@dataclass
+class FeaturesConfig:
+    """The inputs every model trains on, computed once per prepared clip."""
+
+    sample_rate: int = 16000
+    frame_hop: int = 64           # model frame rate: 250 Hz at 16 kHz
+    domains: list[str] = field(default_factory=lambda: ["cello", "source", "nsynth"])
+    silence_db: float = -70.0     # a clip whose loudness never rises above this is skipped as silent
+    workers: int = 2              # processes computing features (results are identical for any count)
+    cqt: CQTConfig = field(default_factory=CQTConfig)
+    pitch: PitchConfig = field(default_factory=PitchConfig)
+    loudness: LoudnessConfig = field(default_factory=LoudnessConfig)
+
+
 ACQUIRE_CELLO = {"offline": OfflineCelloConfig, "youtube": YoutubeConfig, "local": LocalFolderConfig}
 ACQUIRE_NSYNTH = {"offline": OfflineNSynthConfig, "download": NSynthDownloadConfig, "local": NSynthLocalConfig}
 ACQUIRE_SOURCE = {"glides": GlidesSourceConfig, "local": LocalFolderConfig}

@@ -1,7 +1,8 @@
 """True f0 tracks: the one file format and the one framing convention for frame-based data.
 
-Framing (used by every frame-based feature): frames are **centred** (librosa's ``center=True``);
-frame ``i`` sits at sample ``i * hop``, and ``n`` samples have ``1 + n // hop`` frames.
+Framing (used by every frame-based feature; defined in :mod:`timbrelab.dsp.framing`): frames are
+**centred** (librosa's ``center=True``); frame ``i`` sits at sample ``i * hop``, and ``n`` samples
+have ``1 + n // hop`` frames.
 
 File format ``<name>.f0.csv``: header ``time_s,f0_hz,voiced``, one row per frame, written as
 ``%.6f,%.4f,%d`` so the bytes are the same on every run. ``f0_hz`` is 0.0 wherever ``voiced`` is 0:
@@ -15,16 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from timbrelab.dsp.framing import n_frames  # noqa: F401 - re-exported; the convention lives there
 from timbrelab.errors import TimbrelabError
 from timbrelab.fsutil import atomic_write_text
 
 F0_SUFFIX = ".f0.csv"
 F0_HEADER = "time_s,f0_hz,voiced"
-
-
-def n_frames(n_samples: int, hop: int) -> int:
-    """Centred framing: frames at samples 0, hop, 2*hop, ... up to and including n_samples // hop."""
-    return 1 + int(n_samples) // int(hop)
 
 
 def format_f0_csv(times_s: np.ndarray, f0_hz: np.ndarray, voiced: np.ndarray) -> str:

@@ -1,0 +1,1 @@
+"""Signal processing on numpy arrays: framing, CQT, loudness, pitch. Small pure functions; shapes in docstrings."""
