@@ -43,6 +43,27 @@ def _cmd_youtube_resolve(args: argparse.Namespace) -> None:
         print(f"  {video['id']}  {video.get('duration_s') or '?'} s  {video.get('title', '')}")
 
 
+def _cmd_cqt_resynth(args: argparse.Namespace) -> None:
+    """Any audio -> its log-CQT (the pipeline's settings) -> audio again by Griffin-Lim phase recovery:
+    what the CQT keeps and loses, and the no-model baseline of the evaluation."""
+    from timbrelab.audio import load_audio, save_wav
+    from timbrelab.config import FeaturesConfig, load_params, validate
+    from timbrelab.dsp.cqt import griffinlim, log_cqt
+
+    try:
+        cfg = validate(load_params().get("features", {}), FeaturesConfig, "features")
+    except ConfigError:
+        cfg = FeaturesConfig()  # outside a repository: the defaults
+    audio, sr = load_audio(args.input, cfg.sample_rate)
+    c = cfg.cqt
+    kwargs = dict(hop_length=c.hop_length, fmin_hz=c.fmin_hz, bins_per_octave=c.bins_per_octave, n_bins=c.n_bins,
+                  log_floor=c.log_floor)
+    spectrum = log_cqt(audio, sr, **kwargs)
+    out = griffinlim(spectrum, sr, audio.shape[0], n_iter=args.iters or c.griffinlim_iters, **kwargs)
+    save_wav(args.output, out, sr)
+    print(f"wrote {args.output}: {audio.shape[0] / sr:.2f} s through a {c.n_bins}-bin log-CQT and back")
+
+
 def _cmd_stage(args: argparse.Namespace) -> None:
     module = importlib.import_module(f"timbrelab.stages.{args.name}")
     code = module.main()
@@ -70,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.add_argument("--cookies", default=None, help="Netscape cookies.txt, if YouTube asks for it")
     resolve.add_argument("--js-runtime", action="append", help="JavaScript runtime for YouTube (default deno)")
     resolve.set_defaults(func=_cmd_youtube_resolve)
+
+    resynth = sub.add_parser("cqt-resynth", help="audio -> log-CQT -> audio by Griffin-Lim (listen to a CQT)")
+    resynth.add_argument("input", help="any audio file (any rate, any channels)")
+    resynth.add_argument("-o", "--output", required=True, help="WAV to write")
+    resynth.add_argument("--iters", type=int, default=None, help="Griffin-Lim iterations (features.cqt.griffinlim_iters)")
+    resynth.set_defaults(func=_cmd_cqt_resynth)
 
     stage = sub.add_parser("stage", help="run one pipeline stage outside DVC (what dvc.yaml runs)")
     from timbrelab.stages import STAGES
