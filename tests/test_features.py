@@ -134,3 +134,16 @@ def test_report_png_is_deterministic(extracted, tmp_path):
 def test_impossible_configs_fail_at_start(change, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         lib.check_config(dataclasses.replace(CFG, **change))
+
+
+def test_row_writer_cuts_to_the_rows_written(tmp_path):
+    """Skipped clips leave the pre-sized capacity short: the file must still be a valid .npy of the
+    rows written, with nothing else left behind."""
+    writer = lib._RowWriter(tmp_path / "x.npy.partial", 10 ** 9, (5,), np.float32)
+    rows = np.arange(10, dtype=np.float32).reshape(2, 5)
+    for row in rows:
+        writer.append(row)
+    writer.finish(tmp_path / "x.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), rows)
+    np.testing.assert_array_equal(np.stack(list(lib.iter_rows(tmp_path / "x.npy"))), rows)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]

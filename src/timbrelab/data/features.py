@@ -13,13 +13,14 @@ Per domain and split (``data/features/<domain>/<split>/``), one row per clip, in
 
 ``<domain>/stats.json`` holds the train split's statistics (CQT mean/std, loudness quantiles, pitch
 range) so that CycleGAN and WaveNet see one scale and the DDSP transfer can map loudness and octaves.
-Memory stays bounded: clips are read one at a time and written into pre-sized memory maps; the
-statistics are accumulated as sums and fixed-bin histograms.
+Memory stays bounded: clips are read one at a time and appended to the arrays with plain writes; the
+statistics are read back row by row and accumulated as sums and fixed-bin histograms.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -141,7 +142,7 @@ def extract_split(prepared_dir: Path, out_dir: Path, cfg: FeaturesConfig, *, lab
     entries = read_json(index_path) if index_path.exists() else []
     out_dir.mkdir(parents=True, exist_ok=True)
     skipped: list[dict[str, str]] = []
-    arrays: dict[str, np.ndarray] = {}
+    writers: dict[str, _RowWriter] = {}
     kept: list[dict[str, Any]] = []
     n_samples = None
     tasks = [str(prepared_dir / entry["file"]) for entry in entries]
@@ -157,50 +158,78 @@ def extract_split(prepared_dir: Path, out_dir: Path, cfg: FeaturesConfig, *, lab
                 continue
             if n_samples is None:
                 n_samples = pcm.shape[0]
-                arrays = _open_arrays(out_dir, len(entries), pcm, features)
-            row = len(kept)
-            arrays["audio"][row] = pcm
+                writers = _open_writers(out_dir, len(entries), pcm, features)
+            writers["audio"].append(pcm)
             for name, value in features.items():
-                arrays[name][row] = value
-            kept.append({**entry, "row": row})
-    for array in arrays.values():
-        array.flush()
-    arrays.clear()
-    _finish_arrays(out_dir, len(kept), len(entries))
+                writers[name].append(value)
+            kept.append({**entry, "row": len(kept)})
+    _finish_arrays(out_dir, writers)
     atomic_write_json(out_dir / "index.json", round_floats(kept))
     return {"clips": len(kept), "skipped": skipped, "n_samples": n_samples or 0,
             "seconds": len(kept) * (n_samples or 0) / cfg.sample_rate}
 
 
-def _open_arrays(out_dir: Path, rows: int, pcm: np.ndarray, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Pre-sized memory maps (``<name>.npy.partial``) for ``rows`` clips shaped like the first one."""
+class _RowWriter:
+    """Appends fixed-shape rows to ``<name>.npy.partial`` with plain sequential writes (a memory map
+    would keep every written page in this process's resident set, growing with the data)."""
+
+    def __init__(self, path: Path, capacity: int, row_shape: tuple[int, ...], dtype: np.dtype):
+        self.path, self.capacity, self.row_shape, self.dtype = path, capacity, row_shape, np.dtype(dtype)
+        self.rows = 0
+        self.handle = open(path, "wb")
+        self.handle.write(self._header(capacity))
+
+    def _header(self, rows: int) -> bytes:
+        buffer = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buffer, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                      "fortran_order": False, "shape": (rows, *self.row_shape)})
+        return buffer.getvalue()
+
+    def append(self, row: np.ndarray) -> None:
+        self.handle.write(np.ascontiguousarray(row, dtype=self.dtype).tobytes())
+        self.rows += 1
+
+    def finish(self, final: Path) -> None:
+        """Fix the header to the rows written (skipped clips leave the capacity short) and rename."""
+        self.handle.close()
+        if self.rows != self.capacity:
+            # numpy pads the header with room for a first axis of up to 21 digits, so the header of
+            # the shorter shape has the same length and is rewritten in place.
+            new = self._header(self.rows)
+            assert len(new) == len(self._header(self.capacity))
+            body = self.rows * int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+            with open(self.path, "r+b") as handle:
+                handle.write(new)
+                handle.truncate(len(new) + body)
+        os.replace(self.path, final)
+
+
+def _open_writers(out_dir: Path, rows: int, pcm: np.ndarray, features: dict[str, np.ndarray]) -> dict[str, _RowWriter]:
+    """One writer per array, sized for ``rows`` clips shaped like the first one."""
     shapes = {"audio": (pcm.shape, pcm.dtype), **{k: (v.shape, v.dtype) for k, v in features.items()}}
-    return {name: np.lib.format.open_memmap(out_dir / f"{name}.npy.partial", mode="w+", dtype=dtype,
-                                            shape=(rows, *shape))
+    return {name: _RowWriter(out_dir / f"{name}.npy.partial", rows, shape, dtype)
             for name, (shape, dtype) in shapes.items()}
 
 
-def _finish_arrays(out_dir: Path, kept: int, allocated: int) -> None:
-    """Rename the memory maps into place, cutting them to the rows kept (copied in chunks)."""
+def _finish_arrays(out_dir: Path, writers: dict[str, _RowWriter]) -> None:
     for name in ARRAYS:
-        partial = out_dir / f"{name}.npy.partial"
-        final = out_dir / f"{name}.npy"
-        if not partial.exists():  # no clip survived: empty arrays keep the layout uniform
-            np.save(final, np.zeros((0,), dtype=np.float32))
-            continue
-        if kept == allocated:
-            os.replace(partial, final)
-            continue
-        source = np.load(partial, mmap_mode="r")
-        with atomic_path(final) as tmp:
-            target = np.lib.format.open_memmap(tmp, mode="w+", dtype=source.dtype, shape=(kept, *source.shape[1:]))
-            for start in range(0, kept, 64):
-                end = min(start + 64, kept)
-                target[start:end] = source[start:end]
-            target.flush()
-            del target
-        del source
-        partial.unlink()
+        if name in writers:
+            writers[name].finish(out_dir / f"{name}.npy")
+        else:  # no clip survived: empty arrays keep the layout uniform
+            np.save(out_dir / f"{name}.npy", np.zeros((0,), dtype=np.float32))
+
+
+def iter_rows(path: Path) -> Iterator[np.ndarray]:
+    """Rows of a 2-D+ ``.npy`` file read with plain file reads (bounded resident memory)."""
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = reader(handle)
+        if fortran_order or len(shape) < 2:
+            return
+        count = int(np.prod(shape[1:], dtype=np.int64))
+        for _ in range(shape[0]):
+            yield np.fromfile(handle, dtype=dtype, count=count).reshape(shape[1:])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -209,24 +238,21 @@ def _finish_arrays(out_dir: Path, kept: int, allocated: int) -> None:
 
 def split_statistics(split_dir: Path, cfg: FeaturesConfig) -> dict[str, Any]:
     """CQT mean/std, loudness quantiles and pitch range of one split, row by row."""
-    f0 = np.load(split_dir / "f0_hz.npy", mmap_mode="r")
-    rows = f0.shape[0] if f0.ndim == 2 else 0
-    cqt = np.load(split_dir / "cqt.npy", mmap_mode="r")
-    conf = np.load(split_dir / "f0_confidence.npy", mmap_mode="r")
-    loud = np.load(split_dir / "loudness_db.npy", mmap_mode="r")
     total = total_sq = 0.0
-    count = 0
+    count = rows = 0
     loud_hist = np.zeros(LOUDNESS_BINS.size - 1, dtype=np.int64)
     pitch_hist = np.zeros(PITCH_BINS.size - 1, dtype=np.int64)
     voiced_frames = frames = 0
-    for row in range(rows):
-        c = np.asarray(cqt[row], dtype=np.float64)
+    for c, f0, conf, loud in zip(*(iter_rows(split_dir / f"{name}.npy")
+                                    for name in ("cqt", "f0_hz", "f0_confidence", "loudness_db"))):
+        rows += 1
+        c = c.astype(np.float64)
         total += c.sum()
         total_sq += np.square(c).sum()
         count += c.size
-        loud_hist += np.histogram(np.clip(loud[row], LOUDNESS_BINS[0], LOUDNESS_BINS[-1] - 1e-6), LOUDNESS_BINS)[0]
-        voiced = conf[row] >= cfg.pitch.voiced_threshold
-        midi = 69.0 + 12.0 * np.log2(np.asarray(f0[row][voiced], dtype=np.float64) / 440.0)
+        loud_hist += np.histogram(np.clip(loud, LOUDNESS_BINS[0], LOUDNESS_BINS[-1] - 1e-6), LOUDNESS_BINS)[0]
+        voiced = conf >= cfg.pitch.voiced_threshold
+        midi = 69.0 + 12.0 * np.log2(f0[voiced].astype(np.float64) / 440.0)
         pitch_hist += np.histogram(np.clip(midi, PITCH_BINS[0], PITCH_BINS[-1] - 1e-6), PITCH_BINS)[0]
         voiced_frames += int(voiced.sum())
         frames += voiced.size
@@ -316,10 +342,5 @@ def write_report(domain: str, stats: dict[str, Any], per_split: dict[str, dict],
 
 
 def voiced_seconds(split_dir: Path, cfg: FeaturesConfig) -> float:
-    conf_path = split_dir / "f0_confidence.npy"
-    conf = np.load(conf_path, mmap_mode="r")
-    if conf.ndim != 2:
-        return 0.0
-    voiced = sum(int((conf[row] >= cfg.pitch.voiced_threshold).sum()) for row in range(conf.shape[0]))
+    voiced = sum(int((conf >= cfg.pitch.voiced_threshold).sum()) for conf in iter_rows(split_dir / "f0_confidence.npy"))
     return voiced * cfg.frame_hop / cfg.sample_rate
-
