@@ -311,7 +311,20 @@ def _crop_start(rng: np.random.Generator | None, max_start: int) -> int:
 # Datasets
 
 
-class DDSPDataset(_EpochDataset):
+class _CropDataset(_EpochDataset):
+    """One split, one crop per item: random per (seed, epoch, index) in training, start 0 otherwise.
+    Subclasses set ``split``, ``max_start`` and ``random_crop``."""
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def start_frame(self, index: int, epoch: int | None = None) -> int:
+        """The crop's first frame (CQT column for WaveNet) for item ``index`` in ``epoch``."""
+        rng = _rng(self.seed, self.epoch if epoch is None else epoch, _CROP, index) if self.random_crop else None
+        return _crop_start(rng, self.max_start)
+
+
+class DDSPDataset(_CropDataset):
     """Audio with its f0, confidence and loudness, for the DDSP autoencoder.
 
     Item: ``{"audio": (F * frame_hop,) float32, "f0_hz": (F,), "f0_confidence": (F,), "loudness_db": (F,)}``
@@ -337,14 +350,6 @@ class DDSPDataset(_EpochDataset):
         self.crop_samples = self.crop_frames * hop
         self.max_start = whole - self.crop_frames
         self.random_crop = random_crop
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def start_frame(self, index: int, epoch: int | None = None) -> int:
-        """The crop's first frame for item ``index`` in ``epoch`` (default ``self.epoch``)."""
-        rng = _rng(self.seed, self.epoch if epoch is None else epoch, _CROP, index) if self.random_crop else None
-        return _crop_start(rng, self.max_start)
 
     def __getitem__(self, key: Key) -> dict[str, torch.Tensor]:
         epoch, index = self._key(key)
@@ -432,7 +437,7 @@ def _check_crop_frames(crop_frames: int, available: int, where: str) -> int:
     return crop_frames
 
 
-class WaveNetDataset(_EpochDataset):
+class WaveNetDataset(_CropDataset):
     """Normalised log-CQT crops with their exactly aligned audio, for the conditional WaveNet.
 
     Item: ``{"cqt": (n_bins, crop_frames) float32, "audio": (crop_frames * cqt_hop,) float32}`` with
@@ -451,14 +456,6 @@ class WaveNetDataset(_EpochDataset):
         self.crop_samples = self.crop_frames * self.split.cqt_hop
         self.max_start = self.split.n_samples // self.split.cqt_hop - self.crop_frames
         self.random_crop = random_crop
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def start_frame(self, index: int, epoch: int | None = None) -> int:
-        """The crop's first CQT column for item ``index`` in ``epoch`` (default ``self.epoch``)."""
-        rng = _rng(self.seed, self.epoch if epoch is None else epoch, _CROP, index) if self.random_crop else None
-        return _crop_start(rng, self.max_start)
 
     def __getitem__(self, key: Key) -> dict[str, torch.Tensor]:
         epoch, index = self._key(key)

@@ -9,6 +9,7 @@ along as ``<id>.f0.csv``. Nothing is converted here: ``prepare`` decodes, resamp
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -247,3 +248,8 @@ def _failure(rel: PurePosixPath, reason: str, item_id: str | None = None) -> dic
 def _copy(src: Path, dst: Path) -> None:
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
+
+
+def acquire_local_in_repo(cfg: LocalFolderConfig, root: Path, out_dir: Path) -> tuple[list[dict], list[dict]]:
+    """:func:`acquire_local` with ``cfg.path`` taken relative to the repository ``root``."""
+    return acquire_local(dataclasses.replace(cfg, path=str(Path(root) / cfg.path)), out_dir)

@@ -46,9 +46,9 @@ def _acquire(cfg, root: Path, out: Path) -> tuple[list[dict], list[dict]]:
             cookies_file=str(root / cfg.cookies_file) if cfg.cookies_file else None, js_runtimes=cfg.js_runtimes,
         )
     if isinstance(cfg, LocalFolderConfig):
-        from timbrelab.data.local import acquire_local
+        from timbrelab.data.local import acquire_local_in_repo
 
-        return acquire_local(dataclasses.replace(cfg, path=str(root / cfg.path)), out)
+        return acquire_local_in_repo(cfg, root, out)
     raise ConfigError(f"{STAGE}: unsupported source {cfg.source!r}")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -35,9 +34,9 @@ def _acquire(cfg, root: Path, out: Path) -> tuple[list[dict], list[dict]]:
 
         return render_source_glides(cfg, out), []
     if isinstance(cfg, LocalFolderConfig):
-        from timbrelab.data.local import acquire_local
+        from timbrelab.data.local import acquire_local_in_repo
 
-        return acquire_local(dataclasses.replace(cfg, path=str(root / cfg.path)), out)
+        return acquire_local_in_repo(cfg, root, out)
     raise ConfigError(f"{STAGE}: unsupported source {cfg.source!r}")
 
 
