@@ -1,0 +1,1 @@
+"""Learned models: the DDSP solo-instrument decoder and its non-learned baseline (:mod:`timbrelab.models.ddsp`)."""
