@@ -124,3 +124,4 @@ def test_dirty_flag_ignores_declared_outputs_but_not_code(repo):
     assert tracking.git_tags(repo)["git.dirty"] == "false"
     (repo / "reports" / "notes.txt").write_text("not a DVC output")
     assert tracking.git_tags(repo)["git.dirty"] == "true"
+

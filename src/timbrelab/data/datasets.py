@@ -79,11 +79,14 @@ def load_stats(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise TimbrelabError(f"{path}: no such stats file; {REPRO}")
+    return check_stats(_read_json_checked(path), str(path))
+
+
+def _read_json_checked(path: Path) -> Any:
     try:
-        stats = read_json(path)
+        return read_json(path)
     except ValueError as exc:
         raise TimbrelabError(f"{path}: not valid JSON ({exc}); {REPRO}") from exc
-    return check_stats(stats, str(path))
 
 
 def check_stats(stats: Mapping[str, Any], where: str = "stats.json") -> dict[str, Any]:
@@ -166,10 +169,7 @@ class FeatureSplit:
         index_path = self.path / "index.json"
         if not index_path.is_file():
             raise TimbrelabError(f"{index_path}: missing; {REPRO}")
-        try:
-            entries = read_json(index_path)
-        except ValueError as exc:
-            raise TimbrelabError(f"{index_path}: not valid JSON ({exc}); {REPRO}") from exc
+        entries = _read_json_checked(index_path)
         if not isinstance(entries, list):
             raise TimbrelabError(f"{index_path}: expected a list of entries; {REPRO}")
         for i, entry in enumerate(entries):

@@ -98,6 +98,14 @@ PRESETS: dict[str, DDSPModelConfig] = {
 
 # ------------------------------------------------------------------------------------------- inputs
 
+def _register_loudness_norm(module: nn.Module, stats) -> tuple[float, float]:
+    """Store the input loudness normalisation as buffers, so a checkpoint is self-contained."""
+    mean, std = _loudness_norm(stats)
+    module.register_buffer("loudness_mean", torch.tensor(mean, dtype=torch.float32))
+    module.register_buffer("loudness_std", torch.tensor(std, dtype=torch.float32))
+    return mean, std
+
+
 def _loudness_norm(stats: Mapping[str, Any] | tuple[float, float] | None) -> tuple[float, float]:
     """``(mean, std)`` of loudness dB from stats.json (``stats["loudness_db"]``) or a pair; checked."""
     if stats is None:
@@ -167,9 +175,7 @@ class DDSPDecoder(nn.Module):
     def __init__(self, cfg: DDSPModelConfig, stats: Mapping[str, Any] | tuple[float, float] | None = None):
         super().__init__()
         self.cfg = cfg
-        mean, std = _loudness_norm(stats)
-        self.register_buffer("loudness_mean", torch.tensor(mean, dtype=torch.float32))
-        self.register_buffer("loudness_std", torch.tensor(std, dtype=torch.float32))
+        mean, std = _register_loudness_norm(self, stats)
         h = cfg.hidden
         self.f0_mlp = _mlp(1, h, cfg.mlp_layers)
         self.loudness_mlp = _mlp(1, h, cfg.mlp_layers)
@@ -266,9 +272,7 @@ class AverageSpectrumBaseline(nn.Module):
     def __init__(self, cfg: DDSPModelConfig, stats: Mapping[str, Any] | tuple[float, float] | None = None):
         super().__init__()
         self.cfg = cfg
-        mean, std = _loudness_norm(stats)
-        self.register_buffer("loudness_mean", torch.tensor(mean, dtype=torch.float32))
-        self.register_buffer("loudness_std", torch.tensor(std, dtype=torch.float32))
+        mean, std = _register_loudness_norm(self, stats)
         self.harmonic_logits = nn.Parameter(torch.zeros(cfg.n_harmonics))
         self.noise_logits = nn.Parameter(torch.full((cfg.n_noise_bands,), NOISE_BIAS))
         self.amp_scale = nn.Parameter(torch.tensor(std * LN10_OVER_20))
