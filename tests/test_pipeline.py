@@ -9,7 +9,7 @@ import yaml
 
 pytestmark = pytest.mark.slow
 
-STAGES = ("acquire_cello", "acquire_nsynth", "acquire_source", "prepare", "features")
+STAGES = ("acquire_cello", "acquire_nsynth", "acquire_source", "prepare", "features", "train_ddsp")
 
 
 def _lock(repo) -> dict:
@@ -75,7 +75,7 @@ def test_mlflow_runs_carry_provenance(tiny_repo):
         assert run.data.params, "params not logged"
         assert "stage_seconds" in run.data.metrics
         artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
-        assert "manifest.json" in artifacts
+        assert ("model.pt" if stage == "train_ddsp" else "manifest.json") in artifacts
 
 
 def test_forced_repro_reproduces_dvc_lock(tiny_repo):
@@ -136,3 +136,23 @@ def test_features_stage_output(tiny_repo):
     assert pair["a"].shape == pair["b"].shape == (1, cello["n_bins"], 32)
     wav = WaveNetDataset(features / "cello/train", cello, crop_frames=8)[0]
     assert wav["audio"].shape[0] == 8 * 256
+
+
+def test_train_ddsp_stage_output(tiny_repo):
+    import torch
+
+    from timbrelab.training.ddsp import load_model
+
+    out = tiny_repo.path / "models/ddsp"
+    metrics = json.loads((tiny_repo.path / "reports/metrics/train_ddsp.json").read_text())
+    assert metrics["steps"] == 20
+    assert metrics["val/loss_best"] < metrics["val/loss_initial"]
+    for key in ("gap", "baseline/val_loss", "margin"):
+        assert key in metrics
+    payload = torch.load(out / "model.pt", weights_only=True)
+    assert payload["train_config"]["preset"] == "tiny"
+    model = load_model(out / "model.pt")
+    audio = model(torch.full((1, 101), 220.0), torch.full((1, 101), -30.0), 6400)
+    assert audio.shape == (1, 6400) and torch.isfinite(audio).all()
+    rows = (out / "curves.csv").read_text().strip().splitlines()
+    assert rows[0] == "step,train_loss,val_loss" and len(rows) == 3

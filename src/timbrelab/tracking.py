@@ -203,6 +203,9 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 # The run every stage logs
 
 
+_ACTIVE: StageRun | None = None
+
+
 class StageRun:
     """A thin handle on the active MLflow run of one stage."""
 
@@ -262,9 +265,18 @@ def stage_run(stage: str, params: Mapping[str, Any], *, extra_tags: Mapping[str,
     flat = [Param(key, value) for key, value in flatten(params).items()]
     for i in range(0, len(flat), 90):
         client.log_batch(run.info.run_id, params=flat[i : i + 90])
+    global _ACTIVE
+    _ACTIVE = handle
     try:
         yield handle
     except BaseException:
         client.set_terminated(run.info.run_id, status="FAILED")
         raise
+    finally:
+        _ACTIVE = None
     client.set_terminated(run.info.run_id, status="FINISHED")
+
+
+def active_run() -> StageRun | None:
+    """The run of the stage executing in this process (training attaches Lightning's logger to it)."""
+    return _ACTIVE
