@@ -21,7 +21,6 @@ scaled down if it would clip. A note that renders silent is skipped and listed u
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +30,12 @@ from timbrelab.audio import rms_db, save_wav
 from timbrelab.config import OfflineNSynthConfig, SplitFractions
 from timbrelab.data import nsynth_schema as schema
 from timbrelab.data.soundfont import SOUNDFONT_LICENSE, render_note, soundfont_provenance
+from timbrelab.data.splits import SPLITS, split_counts, split_fractions
 from timbrelab.errors import ConfigError
 from timbrelab.fsutil import atomic_dir, atomic_write_json, sha256_file
 
 GENERATOR = "timbrelab.data.nsynth_offline"
 SOURCE = "acoustic"
-SPLITS = ("train", "valid", "test")
 SILENT_DB = -70.0  # a rendered note quieter than this (RMS over its 4 s, dBFS) counts as silent
 _TAG = 0x75F1
 
@@ -83,13 +82,6 @@ def playable_range(program: int) -> tuple[int, int]:
     return max(lo, schema.PITCH_RANGE[0]), min(hi, schema.PITCH_RANGE[1])
 
 
-def _check_fractions(split: SplitFractions) -> dict[str, float]:
-    fractions = {name: float(getattr(split, name)) for name in SPLITS}
-    if any(f < 0 for f in fractions.values()) or not math.isclose(sum(fractions.values()), 1.0, abs_tol=1e-6):
-        raise ConfigError(f"nsynth.split {fractions}: fractions must be >= 0 and sum to 1")
-    return fractions
-
-
 def instruments_of(cfg: OfflineNSynthConfig) -> list[tuple[str, int]]:
     """(family, program) pairs in id order: NSynth family order, then program."""
     if not cfg.families:
@@ -108,31 +100,16 @@ def instruments_of(cfg: OfflineNSynthConfig) -> list[tuple[str, int]]:
     return sorted(pairs, key=lambda fp: (schema.FAMILIES.index(fp[0]), fp[1]))
 
 
-def _allocate(n: int, fractions: dict[str, float], force: bool) -> dict[str, int]:
-    """Largest-remainder counts per split; with ``force`` every split with a fraction > 0 gets >= 1."""
-    exact = {s: n * fractions[s] for s in SPLITS}
-    counts = {s: int(math.floor(exact[s] + 1e-9)) for s in SPLITS}
-    for s in sorted(SPLITS, key=lambda s: (-(exact[s] - counts[s]), SPLITS.index(s)))[:n - sum(counts.values())]:
-        counts[s] += 1
-    if force:
-        for s in SPLITS:
-            if fractions[s] > 0 and counts[s] == 0:
-                donor = max(SPLITS, key=lambda d: (counts[d], -SPLITS.index(d)))
-                counts[donor] -= 1
-                counts[s] += 1
-    return counts
-
-
 def assign_splits(instruments: list[tuple[str, int]], split: SplitFractions, seed: int) -> dict[tuple[str, int], str]:
     """Instrument -> split, deterministic from ``seed`` (see the module docstring for the guarantees)."""
-    fractions = _check_fractions(split)
+    fractions = split_fractions(split, "acquire_nsynth.split")
     positive = [s for s in SPLITS if fractions[s] > 0]
     assignment: dict[tuple[str, int], str] = {}
     families = sorted({f for f, _ in instruments}, key=schema.FAMILIES.index)
     for family in families:
         members = [fp for fp in instruments if fp[0] == family]
         order = np.random.default_rng([int(seed), schema.FAMILIES.index(family), _TAG]).permutation(len(members))
-        counts = _allocate(len(members), fractions, force=len(members) >= len(positive))
+        counts = split_counts(len(members), fractions, at_least_one=len(members) >= len(positive))
         names = [s for s in SPLITS for _ in range(counts[s])]
         for position, member_index in enumerate(order):
             assignment[members[int(member_index)]] = names[position]

@@ -43,10 +43,11 @@ from tqdm import tqdm
 from timbrelab.audio import AUDIO_EXTENSIONS, convert_to_wav, load_audio, rms_db, save_wav, stream_blocks
 from timbrelab.config import PrepareConfig
 from timbrelab.errors import AudioError, ConfigError, TimbrelabError
+from timbrelab.data.splits import SPLITS, split_counts
+from timbrelab.data.splits import split_fractions as fractions_of
 from timbrelab.f0track import F0_SUFFIX, n_frames, read_f0_csv, write_f0_csv
 from timbrelab.fsutil import atomic_dir, atomic_path, atomic_write_json, read_json, round_floats
 
-SPLITS = ("train", "valid", "test")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _BLOCK_FRAMES = 1 << 16      # input frames per streamed block
 _FRAME_SECONDS = 0.02        # analysis frame for trim and level
@@ -64,19 +65,7 @@ class _Skip(Exception):
 
 def split_fractions(cfg: PrepareConfig) -> dict[str, float]:
     """``cfg.split`` as {split: fraction}; ConfigError unless they are >= 0 and sum to 1."""
-    split = cfg.split
-    get = split.get if isinstance(split, Mapping) else (lambda key, default=None: getattr(split, key, default))
-    fractions: dict[str, float] = {}
-    for name in SPLITS:
-        value = get(name, None)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-            raise ConfigError(f"prepare.split.{name} = {value!r}: expected a fraction >= 0")
-        fractions[name] = float(value)
-    total = sum(fractions.values())
-    if abs(total - 1.0) > 1e-6:
-        raise ConfigError(f"prepare.split: train + valid + test = {total:g}, they must sum to 1 "
-                          f"(got {', '.join(f'{k}={v:g}' for k, v in fractions.items())})")
-    return fractions
+    return fractions_of(cfg.split, "prepare.split")
 
 
 def _check_config(cfg: PrepareConfig) -> dict[str, float]:
@@ -99,29 +88,6 @@ def _check_config(cfg: PrepareConfig) -> dict[str, float]:
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value > 0:
             raise ConfigError(f"prepare.{key} = {value!r}: expected a level in dBFS (<= 0)")
     return split_fractions(cfg)
-
-
-def split_counts(n: int, fractions: Mapping[str, float]) -> dict[str, int]:
-    """How many of ``n`` recordings go to each split.
-
-    Largest remainder on ``fraction * n``, then every split with a positive fraction gets at least one
-    recording as far as ``n`` allows (train first, then valid, then test), taken from the largest split.
-    """
-    raw = {name: fractions[name] * n for name in SPLITS}
-    counts = {name: math.floor(raw[name] + 1e-9) for name in SPLITS}
-    rest = n - sum(counts.values())
-    by_remainder = sorted(SPLITS, key=lambda name: (-(raw[name] - counts[name]), SPLITS.index(name)))
-    for name in by_remainder[:max(rest, 0)]:
-        counts[name] += 1
-    for name in SPLITS:
-        if fractions[name] > 0 and counts[name] == 0:
-            donors = [d for d in SPLITS if counts[d] > 1]
-            if not donors:
-                break
-            donor = max(donors, key=lambda d: (counts[d], -SPLITS.index(d)))
-            counts[donor] -= 1
-            counts[name] += 1
-    return counts
 
 
 def assign_splits(ids: list[str] | set[str], fractions: Mapping[str, float], seed: int) -> dict[str, str]:
