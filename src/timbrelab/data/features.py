@@ -24,6 +24,7 @@ import io
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -297,6 +298,8 @@ def domain_stats(domain_dir: Path, cfg: FeaturesConfig, ratio: int) -> dict[str,
         "hop_ratio": ratio, "n_bins": cfg.cqt.n_bins, "fmin_hz": cfg.cqt.fmin_hz,
         "bins_per_octave": cfg.cqt.bins_per_octave, "log_floor": cfg.cqt.log_floor,
         "pitch_estimator": cfg.pitch.estimator, "voiced_threshold": cfg.pitch.voiced_threshold,
+        # How every feature was computed, so a model trained on them can compute the same for new audio.
+        "features_config": asdict(cfg),
         "computed_on": "train", **train,
     }
 

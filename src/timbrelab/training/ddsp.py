@@ -7,7 +7,7 @@
 * :func:`train`: fits (resuming from ``<checkpoint_root>/<hash>/last.ckpt`` when present) and writes
   ``model.pt`` (plain tensors, ``torch.load(weights_only=True)``), ``metrics.json`` and ``curves.csv`` to
   ``out_dir``. The cache is *not* a DVC output, so DVC never deletes it before the stage runs.
-* :func:`load_model`: ``model.pt`` -> :class:`~timbrelab.models.ddsp.DDSP`.
+* :func:`load_checkpoint` / :func:`load_model`: ``model.pt`` -> :class:`~timbrelab.models.ddsp.DDSP` (+ payload).
 
 Determinism: ``seed_everything(seed, workers=True)``, ``Trainer(deterministic=True)``, seeded DataModule, and
 the synth noise of each training step drawn from a generator seeded by ``(seed, global_step)`` (validation by
@@ -59,6 +59,8 @@ MODEL_OVERRIDES = ("hidden", "n_harmonics", "n_noise_bands", "gru_layers", "mlp_
 NOT_HASHED = ("max_steps", "val_every_steps", "num_workers", "checkpoint_root", "baseline_steps")
 HASH_VERSION = 1
 _NOISE_STRIDE = 1_000_003
+MODEL_TYPE = "ddsp"        # checkpoint payload["model_type"]: loaders refuse other models' files
+CHECKPOINT_FORMAT = 1
 
 
 @dataclass
@@ -321,7 +323,8 @@ def train(cfg: DDSPTrainConfig, out_dir: str | os.PathLike, *, features_root: st
     metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"state_dict": _plain_state_dict(export), "model_config": asdict(model_cfg),
+    payload = {"model_type": MODEL_TYPE, "format": CHECKPOINT_FORMAT,
+               "state_dict": _plain_state_dict(export), "model_config": asdict(model_cfg),
                "train_config": asdict(cfg), "stats": json.loads(json.dumps(stats)), "hash": digest}
     # Through memory: torch.save names the zip's records after the target file, and the temp file's
     # random name would make identical weights hash differently.
@@ -340,9 +343,37 @@ def train(cfg: DDSPTrainConfig, out_dir: str | os.PathLike, *, features_root: st
     return {**metrics, "hash": digest, "checkpoint_dir": str(ckpt_dir)}
 
 
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[DDSP, dict[str, Any]]:
+    """``model.pt`` (see :func:`train`) -> ``(DDSP in eval mode, payload)``; loaded with ``weights_only=True``.
+
+    The payload holds ``model_config``, ``train_config``, ``stats`` (the training domain's stats.json, with
+    ``features_config``: how its inputs were computed) and ``hash``. A missing file, a file that is not a
+    checkpoint, or a checkpoint of another model type raises :class:`TimbrelabError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TimbrelabError(f"{path}: no such checkpoint; train one with `dvc repro train_ddsp` or pass "
+                             "--checkpoint PATH / --run-id ID")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for a foreign or damaged file
+        raise TimbrelabError(f"{path}: not a timbrelab checkpoint ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from exc
+    if not isinstance(payload, dict) or "state_dict" not in payload:
+        raise TimbrelabError(f"{path}: not a timbrelab model checkpoint (a Lightning .ckpt or other file?); "
+                             "use the model.pt that train_ddsp writes")
+    kind = payload.get("model_type", MODEL_TYPE)
+    if kind != MODEL_TYPE:
+        raise TimbrelabError(f"{path}: a {kind!r} checkpoint, but a {MODEL_TYPE!r} model was asked for")
+    try:
+        model = DDSP(DDSPModelConfig(**payload["model_config"]), payload["stats"])
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise TimbrelabError(f"{path}: checkpoint does not match the DDSP model of this timbrelab version "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+    return model.eval(), payload
+
+
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> DDSP:
-    """``model.pt`` (see :func:`train`) -> DDSP in eval mode; loaded with ``weights_only=True``."""
-    payload = torch.load(Path(path), map_location=map_location, weights_only=True)
-    model = DDSP(DDSPModelConfig(**payload["model_config"]), payload["stats"])
-    model.load_state_dict(payload["state_dict"])
-    return model.eval()
+    """``model.pt`` (see :func:`train`) -> DDSP in eval mode; see :func:`load_checkpoint`."""
+    return load_checkpoint(path, map_location)[0]
