@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from timbrelab.dsp.loudness import a_weighted_loudness
 from timbrelab.dsp.spectral import MultiScaleSpectralLoss
@@ -18,6 +19,7 @@ from timbrelab.models.ddsp import (
     DDSPDecoder,
     DDSPModelConfig,
     normalise_inputs,
+    run_gru,
 )
 
 SR, HOP = 16000, 64
@@ -188,3 +190,31 @@ def test_state_dict_round_trip_weights_only():
         a = model(f0, loudness, 30 * HOP, generator=gen(3))
         b = fresh(f0, loudness, 30 * HOP, generator=gen(3))
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("layers,with_state", [(1, False), (2, True)])
+def test_training_gru_equals_torch_gru_in_values_and_gradients(layers, with_state):
+    """run_gru's hand-written recurrence (used when training on a CPU) is torch's GRU, gradients included."""
+    torch.manual_seed(0)
+    gru = nn.GRU(6, 8, num_layers=layers, batch_first=True)
+    x = torch.randn(3, 17, 6, requires_grad=True)
+    h0 = torch.randn(layers, 3, 8, requires_grad=True) if with_state else None
+    grads = []
+    for fn in (lambda: gru(x, h0), lambda: run_gru(gru, x, h0)):
+        gru.zero_grad()
+        x.grad = None
+        if h0 is not None:
+            h0.grad = None
+        out, final = fn()
+        (out.square().sum() + final.sin().sum()).backward()
+        params = [p.grad.clone() for p in gru.parameters()]
+        grads.append((out.detach(), final.detach(), x.grad.clone(), h0.grad.clone() if h0 is not None else None,
+                      params))
+    (o1, f1, gx1, gh1, p1), (o2, f2, gx2, gh2, p2) = grads
+    torch.testing.assert_close(o2, o1, rtol=0, atol=1e-6)
+    torch.testing.assert_close(f2, f1, rtol=0, atol=1e-6)
+    torch.testing.assert_close(gx2, gx1, rtol=1e-5, atol=1e-5)
+    if gh1 is not None:
+        torch.testing.assert_close(gh2, gh1, rtol=1e-5, atol=1e-5)
+    for a, b in zip(p2, p1):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

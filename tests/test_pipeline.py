@@ -74,8 +74,9 @@ def test_mlflow_runs_carry_provenance(tiny_repo):
             assert tags[f"dvc.dep.{dep['path']}"] == dep["md5"], dep["path"]
         assert run.data.params, "params not logged"
         assert "stage_seconds" in run.data.metrics
-        artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
-        assert ("model.pt" if stage == "train_ddsp" else "manifest.json") in artifacts
+        folder = "model" if stage == "train_ddsp" else None
+        artifacts = [a.path for a in client.list_artifacts(run.info.run_id, folder)]
+        assert ("model/model.pt" if stage == "train_ddsp" else "manifest.json") in artifacts
 
 
 def test_forced_repro_reproduces_dvc_lock(tiny_repo):

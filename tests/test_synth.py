@@ -260,6 +260,23 @@ def test_spectral_loss_zero_for_identity_and_monotone_in_detuning():
                           for n in loss.fft_sizes} | {"spectral/total"}
 
 
+@pytest.mark.parametrize("eps", [1e-7, 1e-5])
+def test_spectral_loss_detuning_over_a_wide_range_and_the_log_floor(eps):
+    """Measured with the project's 1e-7 and magenta's 1e-5 log floor: both grow with detuning up to ~20 Hz
+    (2 Hz steps), both keep the coarse trend to an octave, and neither removes the spike of a tone aligned with
+    the bins of the small FFTs (500 Hz = 2 bins of the 64-point FFT: most bins exactly 0 -> the floor). On a
+    5 Hz grid over 440..900 Hz the total drops at 43 (1e-7) and 38 (1e-5) of 95 steps: 1e-5 does not make the
+    loss monotone, so the default stays 1e-7."""
+    loss = MultiScaleSpectralLoss(eps=eps)
+    reference = sine_osc(440.0)
+    near = [float(loss(sine_osc(f), reference)) for f in (441.0, 443.0, 445.0, 447.0, 449.0, 451.0, 455.0, 460.0)]
+    assert all(a < b for a, b in itertools.pairwise(near)), near
+    coarse = [float(loss(sine_osc(f), reference)) for f in (490.0, 600.0, 880.0)]
+    assert all(a < b for a, b in itertools.pairwise(coarse)), coarse
+    aligned, neighbour = float(loss(sine_osc(500.0), reference)), float(loss(sine_osc(530.0), reference))
+    assert aligned > 1.5 * neighbour, (aligned, neighbour)       # measured 3.0x (1e-7) and 2.2x (1e-5)
+
+
 def test_spectral_loss_gradient_and_tiny_optimisation():
     """Fit the harmonic distribution of a 4-harmonic tone with Adam: the loss must drop substantially."""
     n, num_harmonics = SR // 4, 4

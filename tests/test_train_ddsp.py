@@ -1,23 +1,28 @@
-"""DDSP training on a tiny features tree of synthetic harmonic tones (CPU, tiny preset)."""
+"""DDSP training on a tiny features tree of synthetic harmonic tones (CPU, tiny preset): training, resume,
+the test-split judgement (baseline margin, pitch fidelity of the resynthesis) and the MLflow run / registry."""
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from timbrelab.dsp.loudness import a_weighted_loudness
 from timbrelab.errors import TimbrelabError
+from timbrelab.training import ddsp_eval
 from timbrelab.training.ddsp import DDSPTrainConfig, config_hash, load_model, train
 
 SR, HOP, CQT_HOP, N_BINS = 16000, 64, 256, 6
 N = SR                                   # 1 s clips
-F0S = {"train": [196.0, 220.0, 262.0, 330.0], "valid": [247.0, 294.0]}
+F0S = {"train": [196.0, 220.0, 262.0, 330.0], "valid": [247.0, 294.0], "test": [208.0, 277.0]}
+PITCH = {"estimator": "swift", "fmin_hz": 50.0, "fmax_hz": 2000.0, "voiced_threshold": 0.25}
 
 
 def tone(f0: float, seed: int) -> np.ndarray:
@@ -51,6 +56,7 @@ def write_domain(root: Path) -> Path:
     stats = {"sample_rate": SR, "frame_hop": HOP, "cqt_hop": CQT_HOP, "hop_ratio": CQT_HOP // HOP, "n_bins": N_BINS,
              "cqt": {"mean": 0.0, "std": 1.0},
              "loudness_db": {"mean": float(loud_all.mean()), "std": float(loud_all.std())},
+             "features_config": {"sample_rate": SR, "frame_hop": HOP, "pitch": PITCH},
              "computed_on": "train"}
     (domain / "stats.json").write_text(json.dumps(stats))
     return root
@@ -93,6 +99,16 @@ def test_train_writes_a_loadable_model_that_learned(features, tmp_path):
     assert [int(r["step"]) for r in rows] == [10, 20, 30]
     assert all(np.isfinite(float(r["val_loss"])) for r in rows)
 
+    # Judged on the whole test clips: 2 clips x 250 frames, every frame voiced in these features.
+    assert metrics["test/clips"] == 2 and metrics["test/f0_voiced_frames"] == 2 * (N // HOP)
+    for key in ("test/loss", "baseline/test_loss", "test/margin", "test/f0_median_cents"):
+        assert np.isfinite(metrics[key]), key
+    assert metrics["test/margin"] == pytest.approx(metrics["baseline/test_loss"] - metrics["test/loss"])
+    assert metrics["test/margin"] > 0.5          # measured 2.2: even 30 steps beat one average spectrum
+    assert 0.9 <= metrics["test/f0_within_50c"] <= metrics["test/f0_output_voiced"] <= 1.0
+    assert 0.0 <= metrics["baseline/test_f0_within_50c"] <= 1.0
+    assert metrics["test/f0_median_cents"] < 10.0
+
 
 def test_resume_continues_and_hash_dirs_are_checked(features, tmp_path):
     cfg = config(tmp_path, max_steps=10, baseline_steps=0)
@@ -117,18 +133,117 @@ def test_resume_continues_and_hash_dirs_are_checked(features, tmp_path):
         train(replace(cfg, max_steps=30), tmp_path / "d", features_root=features, progress=False)
 
 
-def test_metrics_land_in_the_given_mlflow_run(features, tmp_path, monkeypatch):
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch):
+    """A temporary sqlite store with the experiment and one open run, as the stage would have it."""
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     exp = client.create_experiment("timbrelab", artifact_location=(tmp_path / "art").as_uri())
-    run = client.create_run(exp)
-    train(config(tmp_path, max_steps=20, baseline_steps=0), tmp_path / "out", features_root=features,
-          mlflow_run_id=run.info.run_id, progress=False)
-    history = client.get_metric_history(run.info.run_id, "train/loss")
+    return client, exp, client.create_run(exp).info.run_id
+
+
+def artifact_files(client, run_id: str, path: str | None = None) -> set[str]:
+    files = set()
+    for info in client.list_artifacts(run_id, path):
+        files |= artifact_files(client, run_id, info.path) if info.is_dir else {info.path}
+    return files
+
+
+def test_metrics_land_in_the_given_mlflow_run(features, tmp_path, mlflow_store):
+    client, exp, run_id = mlflow_store
+    result = train(config(tmp_path, max_steps=20, baseline_steps=0), tmp_path / "out", features_root=features,
+                   mlflow_run_id=run_id, progress=False)
+    history = client.get_metric_history(run_id, "train/loss")
     assert len(history) >= 2 and all(np.isfinite(m.value) for m in history)
-    assert client.get_metric_history(run.info.run_id, "val/loss")
+    assert client.get_metric_history(run_id, "val/loss")
     assert len(client.search_runs([exp])) == 1
-    assert client.get_run(run.info.run_id).info.status == "RUNNING"     # the stage, not Lightning, ends it
+    assert client.get_run(run_id).info.status == "RUNNING"     # the stage, not Lightning, ends it
+    logged = client.get_run(run_id).data.metrics
+    assert logged["test/margin"] == pytest.approx(result["test/margin"])
+    assert logged["test/f0_within_50c"] == pytest.approx(result["test/f0_within_50c"])
+
+    # Listening examples of both test clips, the model's folder, nothing written into the DVC output.
+    files = artifact_files(client, run_id)
+    stems = [f"resynthesis/{k:02d}_test{k}" for k in range(2)]
+    assert files == {"model/model.pt"} | {f"{s}{end}" for s in stems for end in ("_input.wav", "_resynthesis.wav",
+                                                                                  ".png")}
+    local = Path(client.download_artifacts(run_id, "resynthesis", str(tmp_path / "dl")))
+    audio, sr = sf.read(local / "00_test0_resynthesis.wav")
+    assert sr == SR and audio.shape == (N,) and np.abs(audio).max() > 0.01
+    assert (local / "00_test0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["curves.csv", "metrics.json", "model.pt"]
+
+    # One registry version, pointing at this run's model folder, fetchable and loadable.
+    name = ddsp_eval.registered_model_name("cello")
+    assert result["registered_model"] == f"{name}/1"
+    (version,) = client.search_model_versions(f"name='{name}'")
+    assert version.run_id == run_id and version.source == f"runs:/{run_id}/model"
+    assert version.tags["config_hash"] == result["hash"]
+    assert float(version.tags["test/margin"]) == pytest.approx(result["test/margin"], rel=1e-5)
+    assert client.get_run(run_id).data.tags["registered_model"] == f"{name}/1"
+    fetched = ddsp_eval.fetch_model(f"models:/{name}/latest", tmp_path / "fetched")
+    assert fetched.read_bytes() == (tmp_path / "out" / "model.pt").read_bytes()
+    assert isinstance(load_model(fetched), torch.nn.Module)
+
+
+def test_a_registry_failure_warns_and_keeps_the_training(features, tmp_path, mlflow_store, monkeypatch):
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client, _, run_id = mlflow_store
+
+    def refuse(*args, **kwargs):
+        raise MlflowException("registry is read-only")
+
+    monkeypatch.setattr(MlflowClient, "create_model_version", refuse)
+    with pytest.warns(RuntimeWarning, match="could not register.*registry is read-only"):
+        result = train(config(tmp_path, max_steps=10, baseline_steps=0), tmp_path / "out", features_root=features,
+                       mlflow_run_id=run_id, progress=False)
+    assert result["registered_model"] is None
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["steps"] == 10
+    assert "model/model.pt" in artifact_files(client, run_id)
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty"])
+def test_a_missing_or_empty_test_split_fails_before_training(features, tmp_path, damage):
+    copy = tmp_path / "features"
+    shutil.copytree(features, copy)
+    test_dir = copy / "cello" / "test"
+    if damage == "missing":
+        shutil.rmtree(test_dir)
+    else:
+        (test_dir / "index.json").write_text("[]")
+    cfg = config(tmp_path)
+    with pytest.raises(TimbrelabError, match=f"non-empty test split at {test_dir}"):
+        train(cfg, tmp_path / "out", features_root=copy, progress=False)
+    assert not Path(cfg.checkpoint_root).exists() and not (tmp_path / "out").exists()
+
+
+def _tracks_of(resynthesis: np.ndarray, f0: float) -> dict:
+    """pitch_agreement of one resynthesised clip against features saying: voiced at ``f0`` throughout."""
+    frames = N // HOP
+    batch = {"f0_hz": torch.full((1, frames), f0), "f0_confidence": torch.ones(1, frames)}
+    stats = {"sample_rate": SR, "frame_hop": HOP, "features_config": {"pitch": PITCH}}
+    tracks = ddsp_eval.resynthesis_tracks([torch.from_numpy(resynthesis[None, :frames * HOP])], [batch], stats)
+    return ddsp_eval.pitch_agreement(tracks)
+
+
+def test_pitch_agreement_tells_right_from_wrong_pitch():
+    right = _tracks_of(tone(220.0, 0), 220.0)
+    assert right["f0_within_50c"] > 0.9 and right["f0_median_cents"] < 10
+    sharp = _tracks_of(tone(220.0 * 2 ** (100 / 1200), 0), 220.0)      # a semitone off: voiced, but wrong
+    assert sharp["f0_output_voiced"] > 0.9 and sharp["f0_within_50c"] < 0.05
+    assert 90 < sharp["f0_median_cents"] < 110
+    silent = _tracks_of(np.zeros(N, np.float32), 220.0)                 # lost voicing counts as a miss
+    assert silent["f0_within_50c"] == 0.0 and silent["f0_output_voiced"] == 0.0
+    assert silent["f0_median_cents"] is None and silent["f0_voiced_frames"] == N // HOP
+
+
+def test_pitch_settings_follow_the_features():
+    assert ddsp_eval.pitch_settings({"features_config": {"pitch": PITCH}}) == PITCH
+    assert ddsp_eval.pitch_settings({"pitch_estimator": "pyin", "voiced_threshold": 0.3}) == {
+        "estimator": "pyin", "voiced_threshold": 0.3}
+    assert ddsp_eval.pitch_settings({})["voiced_threshold"] == 0.5

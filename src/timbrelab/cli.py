@@ -64,6 +64,50 @@ def _cmd_cqt_resynth(args: argparse.Namespace) -> None:
     print(f"wrote {args.output}: {audio.shape[0] / sr:.2f} s through a {c.n_bins}-bin log-CQT and back")
 
 
+def _cmd_transfer(args: argparse.Namespace) -> None:
+    """Source audio -> the target model's rendition: mono PCM_16 WAV at the model's rate, written atomically."""
+    import warnings
+
+    from timbrelab import transfer
+
+    model, payload, source = transfer.load_transfer_model(args.checkpoint, args.run_id, model=args.model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", transfer.TransferWarning)  # printed below, once, in the CLI's form
+        result = transfer.transfer_file(args.input, args.output, model, payload, octave_shift=args.octave_shift,
+                                        loudness_shift_db=args.loudness_shift)
+    for message in result.warnings:
+        print(f"timbrelab: warning: {message}", file=sys.stderr)
+    domain = (payload.get("train_config") or {}).get("domain", "the target")
+    print(f"wrote {args.output}: {result.seconds:.2f} s mono {result.sample_rate} Hz through {args.model} ({domain}, "
+          f"{source}); octave shift {result.octave_shift:+d}"
+          f"{' (auto)' if args.octave_shift == 'auto' else ''}, loudness shift {args.loudness_shift:+.1f} dB, "
+          f"{len(result.warnings)} warning{'' if len(result.warnings) == 1 else 's'}")
+
+
+def _octave_shift_arg(value: str) -> str | int:
+    """argparse type of --octave-shift: 'auto' or a whole number (kept import-light: no torch here)."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number of octaves, got {value!r}") from None
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    """A trained DDSP -> its block-streaming TorchScript module (loadable without timbrelab)."""
+    from timbrelab.streaming import export_torchscript
+    from timbrelab.tracking import repo_root
+
+    checkpoint = Path(args.checkpoint) if args.checkpoint else repo_root() / "models" / "ddsp" / "model.pt"
+    meta = export_torchscript(checkpoint, Path(args.output), args.block_size)
+    total = meta["total_latency_samples"]
+    latency = f", latency {total} samples ({1000 * total / meta['sample_rate']:.0f} ms) with live features" \
+        if total is not None else ""
+    print(f"wrote {args.output}: streaming DDSP from {checkpoint}, blocks of {meta['block_size']} samples at "
+          f"{meta['sample_rate']} Hz (hop {meta['hop']}, synth latency {meta['synth_latency_samples']}){latency}")
+
+
 def _cmd_stage(args: argparse.Namespace) -> None:
     module = importlib.import_module(f"timbrelab.stages.{args.name}")
     code = module.main()
@@ -97,6 +141,28 @@ def build_parser() -> argparse.ArgumentParser:
     resynth.add_argument("-o", "--output", required=True, help="WAV to write")
     resynth.add_argument("--iters", type=int, default=None, help="Griffin-Lim iterations (features.cqt.griffinlim_iters)")
     resynth.set_defaults(func=_cmd_cqt_resynth)
+
+    transfer = sub.add_parser("transfer", help="timbre transfer: play any audio's pitch and loudness on a trained "
+                                               "model (mono WAV at the model's rate)")
+    transfer.add_argument("input", help="source audio: any format, sample rate and channel count")
+    transfer.add_argument("--model", default="ddsp",
+                          help="model family (ddsp; more to come); unknown names are an error listing the choices")
+    weights = transfer.add_mutually_exclusive_group()
+    weights.add_argument("--checkpoint", default=None, help="a model.pt (default: the pipeline's models/ddsp/model.pt)")
+    weights.add_argument("--run-id", default=None, help="an MLflow run id whose model.pt artifact to use")
+    transfer.add_argument("-o", "--output", required=True, help="WAV to write (atomically: nothing on error)")
+    transfer.add_argument("--octave-shift", type=_octave_shift_arg, default="auto",
+                          help="'auto' (nearest the target's mean pitch, the default) or whole octaves, e.g. -1")
+    transfer.add_argument("--loudness-shift", type=float, default=0.0, metavar="DB",
+                          help="dB added after mapping loudness onto the target's distribution (default 0)")
+    transfer.set_defaults(func=_cmd_transfer)
+
+    export = sub.add_parser("export", help="a trained DDSP as a block-streaming TorchScript file (play it live)")
+    export.add_argument("--checkpoint", default=None, help="a model.pt (default: the pipeline's models/ddsp/model.pt)")
+    export.add_argument("-o", "--output", required=True, help="TorchScript file to write (atomically), e.g. ddsp.ts")
+    export.add_argument("--block-size", type=int, default=512, metavar="N",
+                        help="samples per block, a positive multiple of the hop (default 512)")
+    export.set_defaults(func=_cmd_export)
 
     stage = sub.add_parser("stage", help="run one pipeline stage outside DVC (what dvc.yaml runs)")
     from timbrelab.stages import STAGES

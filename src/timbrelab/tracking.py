@@ -226,6 +226,10 @@ class StageRun:
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_artifacts(self, local_dir: str | os.PathLike, artifact_path: str | None = None) -> None:
+        """Every file under ``local_dir`` (e.g. a temporary folder of listening examples), under ``artifact_path``."""
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+
     def log_dict(self, obj: Any, name: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             target = Path(tmp) / name

@@ -283,11 +283,17 @@ def _hist_summary(hist: np.ndarray, edges: np.ndarray) -> dict[str, float]:
 
 
 def _quantiles(hist: np.ndarray, edges: np.ndarray, qs) -> list[float]:
-    """Quantiles from a histogram, interpolated inside bins (0.1-unit bins: error <= 0.05)."""
-    cdf = np.concatenate([[0.0], np.cumsum(hist, dtype=np.float64)])
-    if cdf[-1] == 0:
+    """Quantiles from a histogram, interpolated inside bins (0.1-unit bins: error <= 0.05).
+
+    Only the span from the first to the last non-empty bin takes part: outside it the CDF is flat, and
+    interpolating on a flat CDF would put q=0 / q=1 at the histogram's outer edges instead of the data's.
+    """
+    occupied = np.flatnonzero(hist)
+    if occupied.size == 0:
         return [0.0 for _ in qs]
-    return [float(np.interp(q * cdf[-1], cdf, edges)) for q in qs]
+    lo, hi = occupied[0], occupied[-1] + 1
+    cdf = np.concatenate([[0.0], np.cumsum(hist[lo:hi], dtype=np.float64)])
+    return [float(np.interp(q * cdf[-1], cdf, edges[lo:hi + 1])) for q in qs]
 
 
 def domain_stats(domain_dir: Path, cfg: FeaturesConfig, ratio: int) -> dict[str, Any]:

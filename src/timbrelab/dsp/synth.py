@@ -10,7 +10,8 @@ Pieces:
 
 * :func:`upsample_frames` -- frames -> samples, linear or Hann-window (raised-cosine) interpolation.
 * :func:`harmonic_oscillator` -- sum of ``k * f0`` sines, float64 phase, Nyquist gate, carried phase.
-* :func:`harmonic_synth` -- DDSP's parameterisation (overall amplitude x normalised distribution).
+* :func:`harmonic_synth` -- DDSP's parameterisation (overall amplitude x normalised distribution); renders
+  from the frame controls segment by segment (no (B, n, K) tensor), equal to the oscillator path to rounding.
 * :func:`time_varying_filter` / :func:`filtered_noise` -- per-frame linear-phase FIRs designed by
   frequency sampling, applied by windowed overlap-add FFT convolution.
 * :func:`fft_convolve`, :class:`PartitionedConvolver`, :class:`Reverb` -- offline and block-streaming
@@ -81,16 +82,24 @@ def upsample_frames(controls: Tensor, n_samples: int, hop: int, mode: str = "lin
     _check_frames("upsample_frames", num_frames, n_samples, hop)
     if mode not in ("linear", "window"):
         raise ValueError(f"upsample_frames: mode must be 'linear' or 'window', got {mode!r}")
+    left, diff, u = _segment_lerp(controls, n_samples, hop, mode)
+    # Broadcast (B, S, 1, C) + (hop, 1) * (B, S, 1, C): one fused kernel, no gather.
+    out = torch.addcmul(left[:, :, None], u[:, None], diff[:, :, None])
+    return out.reshape(controls.shape[0], -1, controls.shape[2])[:, :n_samples]
+
+
+def _segment_lerp(controls: Tensor, n_samples: int, hop: int, mode: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(B, F, C) frames -> left (B, S, C), diff (B, S, C), weights u (hop,): sample ``j`` of segment ``i`` is
+    ``left[i] + u[j] * diff[i]`` (``S = ceil(n / hop)`` segments; the last frame held past the end)."""
     segments = -(-n_samples // hop)                                  # hop-long pieces covering n_samples
+    num_frames = controls.shape[1]
     if num_frames < segments + 1:                                    # hold the last frame to the end
         controls = torch.cat([controls, controls[:, -1:].expand(-1, segments + 1 - num_frames, -1)], dim=1)
     u = torch.arange(hop, device=controls.device, dtype=controls.dtype) / hop
     if mode == "window":
         u = 0.5 - 0.5 * torch.cos(math.pi * u)
     left = controls[:, :segments]
-    # Broadcast (B, S, 1, C) + (hop, 1) * (B, S, 1, C): one fused kernel, no gather.
-    out = torch.addcmul(left[:, :, None], u[:, None], (controls[:, 1:segments + 1] - left)[:, :, None])
-    return out.reshape(controls.shape[0], segments * hop, controls.shape[2])[:, :n_samples]
+    return left, controls[:, 1:segments + 1] - left, u
 
 
 # ------------------------------------------------------------------------------------------- harmonics
@@ -158,9 +167,7 @@ def harmonic_oscillator(f0_hz: Tensor, amplitudes: Tensor, sample_rate: float, *
     if initial_phase is not None and tuple(initial_phase.shape) != (batch, num_harmonics):
         raise ValueError(f"harmonic_oscillator: initial_phase must be (B, K) = {(batch, num_harmonics)}, "
                          f"got {tuple(initial_phase.shape)}")
-    omega = f0_hz.to(torch.float64) * (TWO_PI / float(sample_rate))           # (B, n) rad / sample
-    cumulative = torch.cumsum(omega, dim=1)
-    phase_1 = torch.remainder(cumulative - omega, TWO_PI).to(dtype)             # (B, n) exclusive sum, wrapped
+    phase_1, cumulative = _fundamental_phase(f0_hz, sample_rate, dtype)
     k = harmonic_numbers(num_harmonics, device=f0_hz.device, dtype=dtype)
     if initial_phase is None:
         phases = phase_1[..., None] * k                                        # (B, n, K)
@@ -170,10 +177,26 @@ def harmonic_oscillator(f0_hz: Tensor, amplitudes: Tensor, sample_rate: float, *
     audio = torch.einsum("bnk,bnk->bn", amplitudes * gain, torch.sin(phases))
     if not return_phase:
         return audio
+    return audio, _final_phase(cumulative, k, initial_phase)
+
+
+def _fundamental_phase(f0_hz: Tensor, sample_rate: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """f0 (B, n) Hz -> (phase of sample t in [0, 2 pi) in ``dtype`` (B, n), float64 running sum (B, n)).
+
+    The fundamental's phase is accumulated in float64 and wrapped before any multiplication by ``k``
+    (see :func:`harmonic_oscillator`); sample 0 sits at phase 0 (an exclusive sum).
+    """
+    omega = f0_hz.to(torch.float64) * (TWO_PI / float(sample_rate))           # (B, n) rad / sample
+    cumulative = torch.cumsum(omega, dim=1)
+    return torch.remainder(cumulative - omega, TWO_PI).to(dtype), cumulative
+
+
+def _final_phase(cumulative: Tensor, k: Tensor, initial_phase: Tensor | None) -> Tensor:
+    """(B, n) float64 running phase, (K,) harmonic numbers -> (B, K) phase of the sample after the last."""
     total = torch.remainder(cumulative[:, -1:], TWO_PI) * k.to(torch.float64)  # (B, K) float64
     if initial_phase is not None:
         total = total + initial_phase.to(torch.float64)
-    return audio, torch.remainder(total, TWO_PI).to(dtype)
+    return torch.remainder(total, TWO_PI).to(k.dtype)
 
 
 def normalize_harmonic_distribution(harmonic_distribution: Tensor, f0_hz: Tensor, sample_rate: float, *,
@@ -200,6 +223,10 @@ def harmonic_synth(f0_frames: Tensor, amplitude: Tensor, harmonic_distribution: 
     whatever its pitch; then ``amplitude * distribution`` is upsampled with ``amp_mode`` (see
     :func:`upsample_frames`), f0 is upsampled linearly, and :func:`harmonic_oscillator` renders them (which
     gates Nyquist again per sample: in the ramp band the two gains multiply).
+
+    Speed: unless f0 or ``initial_phase`` needs a gradient, the per-sample amplitudes are never materialised:
+    each hop-long segment's sine table is built in cache-sized chunks and contracted with the segment's two
+    frame vectors (see :func:`_segment_harmonics`); the result equals the plain path to float32 rounding.
     """
     f0 = f0_frames[..., 0] if f0_frames.ndim == 3 else f0_frames
     if f0.ndim != 2 or amplitude.ndim != 3 or harmonic_distribution.ndim != 3 \
@@ -209,10 +236,117 @@ def harmonic_synth(f0_frames: Tensor, amplitude: Tensor, harmonic_distribution: 
                          f"{tuple(f0_frames.shape)}, {tuple(amplitude.shape)}, {tuple(harmonic_distribution.shape)}")
     distribution = normalize_harmonic_distribution(harmonic_distribution, f0, sample_rate,
                                                    nyquist_ramp_hz=nyquist_ramp_hz)
-    harmonic_amps = upsample_frames(amplitude * distribution, n_samples, hop, amp_mode)
+    frame_amps = amplitude * distribution                                      # (B, F, K)
     f0_samples = upsample_frames(f0[..., None], n_samples, hop, "linear")[..., 0]
-    return harmonic_oscillator(f0_samples, harmonic_amps, sample_rate, initial_phase=initial_phase,
-                               nyquist_ramp_hz=nyquist_ramp_hz, return_phase=return_phase)
+    if amp_mode not in ("linear", "window"):
+        raise ValueError(f"upsample_frames: mode must be 'linear' or 'window', got {amp_mode!r}")
+    _check_frames("upsample_frames", frame_amps.shape[1], n_samples, hop)
+    if initial_phase is not None and tuple(initial_phase.shape) != (f0.shape[0], frame_amps.shape[-1]):
+        raise ValueError(f"harmonic_oscillator: initial_phase must be (B, K) = {(f0.shape[0], frame_amps.shape[-1])}, "
+                         f"got {tuple(initial_phase.shape)}")
+    if torch.is_grad_enabled() and (f0_samples.requires_grad
+                                    or (initial_phase is not None and initial_phase.requires_grad)):
+        # Gradients into f0 / phase need the per-sample graph: the plain oscillator.
+        harmonic_amps = upsample_frames(frame_amps, n_samples, hop, amp_mode)
+        return harmonic_oscillator(f0_samples, harmonic_amps, sample_rate, initial_phase=initial_phase,
+                                   nyquist_ramp_hz=nyquist_ramp_hz, return_phase=return_phase)
+    return _segment_harmonics(f0_samples, frame_amps, n_samples, hop, sample_rate, amp_mode, initial_phase,
+                              nyquist_ramp_hz, return_phase)
+
+
+# Elements of one (B, s, hop, K) sine table chunk: small enough to stay in the L2 cache (measured: the
+# whole-signal (B, n, K) tensors of the plain oscillator spend most of their time on memory and page faults).
+_TABLE_CHUNK = 1 << 18
+
+
+def _segment_harmonics(f0_samples: Tensor, frame_amps: Tensor, n_samples: int, hop: int, sample_rate: float,
+                       amp_mode: str, initial_phase: Tensor | None, nyquist_ramp_hz: float | None,
+                       return_phase: bool) -> Tensor | tuple[Tensor, Tensor]:
+    """:func:`harmonic_oscillator` of ``upsample_frames(frame_amps)`` without any (B, n, K) tensor.
+
+    f0 (B, n) per sample, frame amplitudes (B, F, K) -> audio (B, n) [, final phase (B, K)]. Per hop-long
+    segment ``i`` the amplitudes are ``left[i] + u[j] * diff[i]``, so the sum over harmonics is two dot products
+    with the segment's sine table ``g * sin(k phase)``; the table is built chunk by chunk and rebuilt in the
+    backward pass (it depends on f0 only, which gets no gradient here). Equal to the plain path to rounding.
+    """
+    batch, num_harmonics = frame_amps.shape[0], frame_amps.shape[-1]
+    dtype = frame_amps.dtype
+    left, diff, u = _segment_lerp(frame_amps, n_samples, hop, amp_mode)         # (B, S, K), (hop,)
+    segments = left.shape[1]
+    phase_1, cumulative = _fundamental_phase(f0_samples, sample_rate, dtype)
+    tail = segments * hop - n_samples                                          # samples past n, cropped below
+    f0_seg = torch.cat([f0_samples, f0_samples[:, -1:].expand(-1, tail)], dim=1).to(dtype)
+    phase_seg = nn.functional.pad(phase_1, (0, tail))
+    phase_seg, f0_seg = (x.reshape(batch, segments, hop) for x in (phase_seg, f0_seg))
+    init = None if initial_phase is None else initial_phase.to(dtype)
+    ramp = _ramp_width(sample_rate, nyquist_ramp_hz)
+    audio = _SegmentHarmonics.apply(left, diff, u, phase_seg, f0_seg, init, float(sample_rate), ramp)
+    audio = audio.reshape(batch, segments * hop)[:, :n_samples]
+    if not return_phase:
+        return audio
+    k = harmonic_numbers(num_harmonics, device=frame_amps.device, dtype=dtype)
+    return audio, _final_phase(cumulative, k, initial_phase)
+
+
+def _table_chunks(f0_seg: Tensor, num_harmonics: int, sample_rate: float) -> list[tuple[slice, int]]:
+    """f0 (B, S, hop) -> [(segment slice, K_c)]: chunks of whole segments and the harmonics they need.
+
+    Harmonic ``k`` has gain exactly 0 wherever ``k * f0 >= nyquist``; a chunk keeps the first
+    ``floor(nyquist / min f0) + 2`` (one spare against rounding), the rest contribute exact zeros.
+    """
+    batch, segments, hop = f0_seg.shape
+    step = max(1, _TABLE_CHUNK // (batch * hop * num_harmonics))
+    starts = range(0, segments, step)
+    lowest = f0_seg.detach().amin(dim=(0, 2))                                    # (S,)
+    lowest = nn.functional.pad(lowest, (0, -segments % step), value=float("inf"))
+    lowest = lowest.reshape(-1, step).amin(dim=1).tolist()
+    nyquist = 0.5 * sample_rate
+    chunks = []
+    for start, f_min in zip(starts, lowest):
+        needed = num_harmonics if not f_min > 0 else min(num_harmonics, int(nyquist / f_min) + 2)
+        chunks.append((slice(start, min(start + step, segments)), needed))
+    return chunks
+
+
+def _sine_table(phase: Tensor, f0: Tensor, k: Tensor, initial_phase: Tensor | None, sample_rate: float,
+                ramp: float) -> Tensor:
+    """phase (B, s, hop) of the fundamental, f0 (B, s, hop), harmonic numbers (K,) -> (B, s, hop, K)
+    ``nyquist_gain(k f0) * sin(initial_phase + k phase)``, the terms of :func:`harmonic_oscillator`."""
+    if initial_phase is None:
+        table = phase[..., None] * k
+    else:
+        table = torch.addcmul(initial_phase[:, None, None, :k.shape[0]], phase[..., None], k)
+    table.sin_()
+    return table.mul_(_harmonic_gain(f0[..., None], k, sample_rate, ramp))
+
+
+class _SegmentHarmonics(torch.autograd.Function):
+    """audio (B, S, hop) = sum_k table * (left + u * diff); differentiable in ``left`` and ``diff`` (B, S, K)."""
+
+    @staticmethod
+    def forward(ctx, left, diff, u, phase, f0, initial_phase, sample_rate, ramp):
+        k_all = harmonic_numbers(left.shape[-1], device=left.device, dtype=left.dtype)
+        pair = torch.stack([left, diff], dim=-1)                                  # (B, S, K, 2)
+        out = left.new_empty(phase.shape)
+        chunks = _table_chunks(f0, left.shape[-1], sample_rate)
+        for seg, kc in chunks:
+            table = _sine_table(phase[:, seg], f0[:, seg], k_all[:kc], initial_phase, sample_rate, ramp)
+            both = torch.matmul(table, pair[:, seg, :kc])                      # (B, s, hop, 2)
+            out[:, seg] = torch.addcmul(both[..., 0], both[..., 1], u)
+        ctx.save_for_backward(u, phase, f0, initial_phase)
+        ctx.sample_rate, ctx.ramp, ctx.chunks, ctx.num_harmonics = sample_rate, ramp, chunks, left.shape[-1]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        u, phase, f0, initial_phase = ctx.saved_tensors
+        k_all = harmonic_numbers(ctx.num_harmonics, device=phase.device, dtype=phase.dtype)
+        weights = torch.stack([grad, grad * u], dim=-2)                           # (B, S, 2, hop)
+        grads = grad.new_zeros(*grad.shape[:2], 2, ctx.num_harmonics)             # (B, S, 2, K)
+        for seg, kc in ctx.chunks:
+            table = _sine_table(phase[:, seg], f0[:, seg], k_all[:kc], initial_phase, ctx.sample_rate, ctx.ramp)
+            grads[:, seg, :, :kc] = torch.matmul(weights[:, seg], table)
+        return grads[:, :, 0], grads[:, :, 1], None, None, None, None, None, None
 
 
 # ------------------------------------------------------------------------------------------ noise/FIR

@@ -156,6 +156,90 @@ def _mlp(in_dim: int, hidden: int, layers: int) -> nn.Sequential:
     return nn.Sequential(*mods)
 
 
+def run_gru(gru: nn.GRU, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``gru(x (B, T, in), state (layers, B, H))`` for a batch-first, uni-directional, biased GRU without dropout.
+
+    Equal to ``gru(x, state)`` to float rounding. When a gradient is needed, each layer runs as
+    :class:`_GRULayer`, whose backward computes the recurrent weights' gradient in one matrix product over all
+    steps instead of one small product and accumulation per step (torch's per-step autograd graph, the largest
+    item in the profile of a training step on a CPU). Otherwise (inference, streaming, GPU) torch's own kernel runs.
+    """
+    wants_grad = x.requires_grad or (state is not None and state.requires_grad) \
+        or any(p.requires_grad for p in gru.parameters())
+    # CPU only: on a GPU cuDNN's fused GRU is far faster than any per-step Python recurrence.
+    plain = (x.device.type != "cpu" or not torch.is_grad_enabled() or not wants_grad or not gru.batch_first
+             or gru.bidirectional or not gru.bias
+             or gru.dropout or getattr(gru, "proj_size", 0) or x.ndim != 3)
+    if plain:
+        return gru(x, state)
+    if state is None:
+        state = x.new_zeros(gru.num_layers, x.shape[0], gru.hidden_size)
+    finals = []
+    for layer in range(gru.num_layers):
+        w_ih, w_hh, b_ih, b_hh = (getattr(gru, f"{name}_l{layer}")
+                                  for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        input_gates = nn.functional.linear(x, w_ih, b_ih)                          # (B, T, 3H), one product
+        x, final = _GRULayer.apply(input_gates, state[layer], w_hh, b_hh)
+        finals.append(final)
+    return x, torch.stack(finals)
+
+
+class _GRULayer(torch.autograd.Function):
+    """One GRU layer's recurrence (torch's gate order r, z, n) from precomputed input gates.
+
+    ``forward(input_gates (B, T, 3H), h0 (B, H), w_hh (3H, H), b_hh (3H,)) -> (out (B, T, H), h_T (B, H))`` with
+    ``r, z = sigmoid(gi + gh)``, ``n = tanh(gi_n + r * gh_n)``, ``h = n + z * (h_prev - n)``, ``gh = w_hh h_prev + b_hh``.
+    """
+
+    @staticmethod
+    def forward(ctx, input_gates, h0, w_hh, b_hh):
+        batch, steps, three_h = input_gates.shape
+        hidden = three_h // 3
+        states = input_gates.new_empty(batch, steps + 1, hidden)                  # h_0 .. h_T
+        gates = input_gates.new_empty(batch, steps, three_h)                      # r, z, n after activation
+        gh_n = input_gates.new_empty(batch, steps, hidden)
+        states[:, 0] = h = h0
+        w_t = w_hh.t()
+        for t in range(steps):
+            gh = torch.addmm(b_hh, h, w_t)                                         # (B, 3H)
+            gi = input_gates[:, t]
+            rz = torch.sigmoid(gh[:, :2 * hidden] + gi[:, :2 * hidden])
+            r, z = rz[:, :hidden], rz[:, hidden:]
+            n = torch.tanh(gi[:, 2 * hidden:] + r * gh[:, 2 * hidden:])
+            h = (h - n) * z + n
+            states[:, t + 1] = h
+            gates[:, t, :2 * hidden] = rz
+            gates[:, t, 2 * hidden:] = n
+            gh_n[:, t] = gh[:, 2 * hidden:]
+        ctx.save_for_backward(states, gates, gh_n, w_hh)
+        return states[:, 1:].clone(), h.clone()
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_final):
+        states, gates, gh_n, w_hh = ctx.saved_tensors
+        batch, steps, three_h = gates.shape
+        hidden = three_h // 3
+        d_gi = gates.new_empty(batch, steps, three_h)                              # grad of the input gates
+        d_gh = gates.new_empty(batch, steps, three_h)                              # grad of w_hh h + b_hh
+        dh = grad_final if grad_final is not None else states.new_zeros(batch, hidden)
+        for t in range(steps - 1, -1, -1):
+            if grad_out is not None:
+                dh = dh + grad_out[:, t]
+            r, z, n = gates[:, t, :hidden], gates[:, t, hidden:2 * hidden], gates[:, t, 2 * hidden:]
+            d_n = dh * (1 - z) * (1 - n * n)                                       # through tanh
+            d_gi[:, t, 2 * hidden:] = d_n
+            d_gh[:, t, 2 * hidden:] = d_n * r
+            d_r = d_n * gh_n[:, t]
+            d_z = dh * (states[:, t] - n)
+            d_rz = torch.cat([d_r * r * (1 - r), d_z * z * (1 - z)], dim=1)      # through the sigmoids
+            d_gi[:, t, :2 * hidden] = d_rz
+            d_gh[:, t, :2 * hidden] = d_rz
+            dh = torch.addmm(dh * z, d_gh[:, t], w_hh)
+        flat = d_gh.reshape(-1, three_h)
+        d_w_hh = flat.t() @ states[:, :-1].reshape(-1, hidden)                    # all steps in one product
+        return d_gi, dh, d_w_hh, flat.sum(dim=0)
+
+
 class DDSPDecoder(nn.Module):
     """(f0, loudness) frames -> synth controls; frame-causal, with carried GRU state.
 
@@ -205,7 +289,7 @@ class DDSPDecoder(nn.Module):
         rnn_in = [f0_feat, ld_feat]
         if self.z is not None:
             rnn_in.append(self.z.expand(*f0_feat.shape[:2], -1))
-        rnn_out, new_state = self.gru(torch.cat(rnn_in, dim=-1), state)
+        rnn_out, new_state = run_gru(self.gru, torch.cat(rnn_in, dim=-1), state)
         hidden = self.out_mlp(torch.cat([rnn_out, f0_feat, ld_feat], dim=-1))
         amp_logit, harm_logit, noise_logit = torch.split(self.head(hidden), self.splits, dim=-1)
         distribution = normalize_harmonic_distribution(exp_sigmoid(harm_logit), f0_hz, self.cfg.sample_rate,

@@ -1,8 +1,14 @@
 """train_ddsp: data/features/<domain>/ -> models/ddsp/ (model.pt, metrics.json, curves.csv).
 
 Trains the DDSP decoder on the target domain's train split, validates on valid, keeps the best
-checkpoint, compares it with the non-learned average-spectrum baseline, and resumes from the last
-checkpoint of the same config (``train_ddsp.checkpoint_root/<config hash>/``) after an interruption.
+checkpoint, compares it with the non-learned average-spectrum baseline on valid and on the test split
+(``test/margin`` = baseline minus model loss; ``test/f0_within_50c``: pitch fidelity of the resynthesis), and
+resumes from the last checkpoint of the same config (``train_ddsp.checkpoint_root/<config hash>/``) after an
+interruption. A missing or empty test split is an error before training starts.
+
+Its MLflow run holds ``model/model.pt``, ``curves.csv``, ``resynthesis/`` (input and resynthesis WAVs and
+spectrogram PNGs of a few test clips) and registers a version of ``timbrelab-ddsp-<domain>``; fetch it with
+``timbrelab.training.ddsp_eval.fetch_model("models:/timbrelab-ddsp-cello/latest")`` (or ``/<version>``).
 """
 
 from __future__ import annotations
@@ -28,11 +34,22 @@ def run(cfg: DDSPTrainConfig, root: Path) -> StageResult:
                if isinstance(value, (int, float)) and not isinstance(value, bool)}
     return StageResult(
         metrics=metrics,
-        artifacts=[root / OUT / "curves.csv", root / OUT / "model.pt"],
-        summary=f"trained DDSP ({cfg.preset}) on {cfg.domain} for {metrics.get('steps', '?')} steps: "
-        f"best val loss {metrics.get('val/loss_best', float('nan')):.3f}, baseline "
-        f"{metrics.get('baseline/val_loss', float('nan')):.3f}, written to {OUT}",
+        # model.pt is logged by train() under model/, the registered version's source.
+        artifacts=[root / OUT / "curves.csv"],
+        summary=_summary(cfg, metrics, result.get("registered_model")),
     )
+
+
+def _summary(cfg: DDSPTrainConfig, metrics: dict[str, float], registered: str | None) -> str:
+    def num(key: str) -> str:
+        value = metrics.get(key)
+        return f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"
+
+    return (f"trained DDSP ({cfg.preset}) on {cfg.domain} for {metrics.get('steps', '?')} steps: best val loss "
+            f"{num('val/loss_best')} (baseline {num('baseline/val_loss')}); test loss {num('test/loss')} "
+            f"(baseline {num('baseline/test_loss')}, margin {num('test/margin')}), resynthesis f0 within 50 cents "
+            f"on {num('test/f0_within_50c')} of voiced frames; written to {OUT}"
+            + (f"; registered as {registered}" if registered else ""))
 
 
 def main() -> int:

@@ -6,7 +6,14 @@
   resumes from the same cache directory.
 * :func:`train`: fits (resuming from ``<checkpoint_root>/<hash>/last.ckpt`` when present) and writes
   ``model.pt`` (plain tensors, ``torch.load(weights_only=True)``), ``metrics.json`` and ``curves.csv`` to
-  ``out_dir``. The cache is *not* a DVC output, so DVC never deletes it before the stage runs.
+  ``out_dir``. The cache is *not* a DVC output, so DVC never deletes it before the stage runs. The best
+  model and the non-learned baseline are judged on the valid split (crops) and on the **test** split (whole
+  clips: spectral loss, and whether the resynthesis keeps the input's f0; see
+  :mod:`timbrelab.training.ddsp_eval`).
+* MLflow (``mlflow_run_id``, the stage's run; Lightning's logger is attached to it, no second run): per-step
+  ``train/loss`` / ``val/loss``, the final metrics, ``model/model.pt``, ``resynthesis/`` WAVs and PNGs of a few
+  test clips, and a new version of the registered model ``timbrelab-ddsp-<domain>`` (source
+  ``runs:/<run>/model``). Fetch it with ``timbrelab.training.ddsp_eval.fetch_model("models:/timbrelab-ddsp-cello/latest")``.
 * :func:`load_checkpoint` / :func:`load_model`: ``model.pt`` -> :class:`~timbrelab.models.ddsp.DDSP` (+ payload).
 
 Determinism: ``seed_everything(seed, workers=True)``, ``Trainer(deterministic=True)``, seeded DataModule, and
@@ -39,8 +46,8 @@ from timbrelab.data.datasets import DDSPDataModule
 from timbrelab.dsp.spectral import MultiScaleSpectralLoss
 from timbrelab.errors import ConfigError, TimbrelabError
 from timbrelab.fsutil import (
-    atomic_write_bytes,
     atomic_path,
+    atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
     dumps_json,
@@ -53,12 +60,24 @@ from timbrelab.models.ddsp import (
     AverageSpectrumBaseline,
     DDSPModelConfig,
 )
+from timbrelab.training.ddsp_eval import (
+    MODEL_ARTIFACT_DIR,
+    load_test_batches,
+    log_resynthesis,
+    mean_loss,
+    pitch_agreement,
+    register_model,
+    render,
+    resynthesis_tracks,
+    split_ids,
+)
 
 MODEL_OVERRIDES = ("hidden", "n_harmonics", "n_noise_bands", "gru_layers", "mlp_layers", "reverb_seconds", "z_dim")
 # Fields that do not change the trajectory of the weights: left out of the hash so a run can be extended.
 NOT_HASHED = ("max_steps", "val_every_steps", "num_workers", "checkpoint_root", "baseline_steps")
 HASH_VERSION = 1
 _NOISE_STRIDE = 1_000_003
+_TEST_NOISE = _NOISE_STRIDE // 2   # test-split noise keys: seed * stride - this - batch (apart from val's -1 - batch)
 MODEL_TYPE = "ddsp"        # checkpoint payload["model_type"]: loaders refuse other models' files
 CHECKPOINT_FORMAT = 1
 
@@ -229,19 +248,33 @@ def _check_cache(ckpt_dir: Path, expected: dict[str, Any]) -> None:
         atomic_write_json(stored_path, expected)
 
 
-@torch.no_grad()
 def _evaluate(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], seed: int) -> float:
-    """Mean multi-scale spectral loss over ``batches`` (weighted by batch size), seeded noise per batch."""
-    loss_fn = MultiScaleSpectralLoss()
-    model.eval()
-    total, count = 0.0, 0
-    for i, batch in enumerate(batches):
-        audio = batch["audio"]
-        gen = torch.Generator().manual_seed(seed * _NOISE_STRIDE - 1 - i)
-        pred = model(batch["f0_hz"], batch["loudness_db"], audio.shape[-1], generator=gen)
-        total += float(loss_fn(pred, audio)) * len(audio)
-        count += len(audio)
-    return total / count
+    """Mean multi-scale spectral loss over the valid ``batches`` (per clip), seeded noise per batch."""
+    return mean_loss(render(model, batches, seed * _NOISE_STRIDE - 1), batches)
+
+
+def _judge_on_test(model: torch.nn.Module, baseline: torch.nn.Module, batches: list[dict[str, torch.Tensor]],
+                   stats: dict[str, Any], seed: int) -> tuple[dict[str, Any], list[torch.Tensor], list]:
+    """Model and baseline on the whole test clips, with the same noise: spectral loss, margin (baseline minus
+    model, > 0 = the model is better) and pitch fidelity of the resynthesis. Returns the metrics, the model's
+    resynthesis and its f0 tracks (for the listening examples)."""
+    seed_base = seed * _NOISE_STRIDE - _TEST_NOISE
+    preds = render(model, batches, seed_base)
+    base_preds = render(baseline, batches, seed_base)
+    tracks = resynthesis_tracks(preds, batches, stats)
+    pitch = pitch_agreement(tracks)
+    base_pitch = pitch_agreement(resynthesis_tracks(base_preds, batches, stats))
+    test_loss = mean_loss(preds, batches)
+    baseline_loss = mean_loss(base_preds, batches)
+    metrics = {
+        "test/clips": sum(len(b["audio"]) for b in batches),
+        "test/loss": test_loss,
+        "baseline/test_loss": baseline_loss,
+        "test/margin": baseline_loss - test_loss,
+        **{f"test/{key}": value for key, value in pitch.items()},
+        "baseline/test_f0_within_50c": base_pitch["f0_within_50c"],
+    }
+    return metrics, preds, tracks
 
 
 def _plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -251,11 +284,14 @@ def _plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def train(cfg: DDSPTrainConfig, out_dir: str | os.PathLike, *, features_root: str | os.PathLike = Path("data/features"),
           mlflow_run_id: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Train (or resume / extend) and write ``model.pt``, ``metrics.json``, ``curves.csv`` to ``out_dir``.
-    Returns the metrics (also with ``hash`` and ``checkpoint_dir``)."""
+    Returns the metrics (also with ``hash``, ``checkpoint_dir`` and ``registered_model``: ``"<name>/<version>"``
+    in the MLflow registry, None without a run or when registering failed, which only warns)."""
     out_dir, features_root = Path(out_dir), Path(features_root)
     lightning.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = DDSPDataModule(features_root, cfg.domain, cfg.batch_size, cfg.crop_seconds, cfg.num_workers, cfg.seed)
     stats = dm.stats(cfg.domain)
+    # Before anything is trained or cached: a missing or empty test split fails now, not after the fit.
+    test_batches = load_test_batches(features_root, cfg.domain, cfg.batch_size, cfg.seed)
     model_cfg = cfg.model_config(stats)
     expected = operative_config(cfg, stats, data_fingerprint(features_root, cfg.domain))
     digest = hashlib.sha256(dumps_json(expected).encode()).hexdigest()[:12]
@@ -307,6 +343,7 @@ def train(cfg: DDSPTrainConfig, out_dir: str | os.PathLike, *, features_root: st
         train_batches = list(itertools.islice(iter(dm.train_dataloader()), 8))
         baseline.fit(train_batches, steps=cfg.baseline_steps, seed=cfg.seed)
     baseline_val = _evaluate(baseline, val_batches, cfg.seed)
+    test_metrics, test_preds, test_tracks = _judge_on_test(export, baseline, test_batches, stats, cfg.seed)
 
     rows = curves.rows
     final_train = rows[-1][1] if rows else (sum(curves.window) / len(curves.window) if curves.window else float("nan"))
@@ -319,6 +356,7 @@ def train(cfg: DDSPTrainConfig, out_dir: str | os.PathLike, *, features_root: st
         "baseline/val_loss": baseline_val,
         "margin": baseline_val - val_loss,
         "best_step": int(min(rows, key=lambda r: r[2])[0]) if rows else steps,
+        **test_metrics,
     }
     metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
 
@@ -337,10 +375,22 @@ def train(cfg: DDSPTrainConfig, out_dir: str | os.PathLike, *, features_root: st
     writer.writerow(["step", "train_loss", "val_loss"])
     writer.writerows([[int(s), f"{t:.6f}", f"{v:.6f}"] for s, t, v in rows])
     atomic_write_text(out_dir / "curves.csv", buf.getvalue())
+    registered = None
     if mlflow_run_id is not None:
-        tracking.StageRun(logger.experiment, mlflow_run_id).log_metrics(
-            {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=steps)
-    return {**metrics, "hash": digest, "checkpoint_dir": str(ckpt_dir)}
+        run = tracking.StageRun(logger.experiment, mlflow_run_id)
+        examples = (split_ids(features_root, cfg.domain), test_batches, test_preds, test_tracks)
+        registered = _log_to_run(run, cfg, model_cfg, out_dir / "model.pt", metrics, digest, examples)
+    return {**metrics, "hash": digest, "checkpoint_dir": str(ckpt_dir), "registered_model": registered}
+
+
+def _log_to_run(run: tracking.StageRun, cfg: DDSPTrainConfig, model_cfg: DDSPModelConfig, model_path: Path,
+                metrics: dict[str, Any], digest: str, examples: tuple) -> str | None:
+    """After the DVC outputs are written: final metrics, ``model/model.pt``, the listening examples, and
+    the registry version (last, so a registry failure loses nothing). Returns ``"<name>/<version>"``."""
+    run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=metrics["steps"])
+    run.log_artifact(model_path, MODEL_ARTIFACT_DIR)
+    log_resynthesis(run, *examples, model_cfg.sample_rate, model_cfg.hop)
+    return register_model(run.client, run.run_id, cfg.domain, digest, metrics)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[DDSP, dict[str, Any]]:
