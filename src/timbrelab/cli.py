@@ -97,9 +97,9 @@ def _octave_shift_arg(value: str) -> str | int:
 def _cmd_export(args: argparse.Namespace) -> None:
     """A trained DDSP -> its block-streaming TorchScript module (loadable without timbrelab)."""
     from timbrelab.streaming import export_torchscript
-    from timbrelab.tracking import repo_root
+    from timbrelab.transfer import default_checkpoint
 
-    checkpoint = Path(args.checkpoint) if args.checkpoint else repo_root() / "models" / "ddsp" / "model.pt"
+    checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
     meta = export_torchscript(checkpoint, Path(args.output), args.block_size)
     total = meta["total_latency_samples"]
     latency = f", latency {total} samples ({1000 * total / meta['sample_rate']:.0f} ms) with live features" \
