@@ -248,6 +248,17 @@ def validate(section: Any, schema: type[T], where: str) -> T:
     return obj  # type: ignore[return-value]
 
 
+def from_known_keys(schema: type[T], params: Any, where: str) -> T:
+    """``schema(**params)`` for a flat dataclass, with a ConfigError listing unknown keys (no OmegaConf: the
+    dataclass's own ``__post_init__`` checks the values)."""
+    known = {f.name for f in dataclasses.fields(schema)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        hints = "".join(_suggest(key, sorted(known)) for key in unknown[:1])
+        raise ConfigError(f"{where}: unknown keys {unknown} (known: {sorted(known)}){hints}")
+    return schema(**params)
+
+
 def params_path() -> Path:
     """params.yaml of the repository the stage runs in (``TIMBRELAB_PARAMS`` overrides)."""
     from timbrelab.tracking import repo_root

@@ -31,7 +31,7 @@ import itertools
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from timbrelab import tracking
 from timbrelab.data.datasets import DDSPDataModule
 from timbrelab.dsp.spectral import MultiScaleSpectralLoss
+from timbrelab.config import from_known_keys
 from timbrelab.errors import ConfigError, TimbrelabError
 from timbrelab.fsutil import (
     atomic_path,
@@ -118,11 +119,7 @@ class DDSPTrainConfig:
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> DDSPTrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ConfigError(f"ddsp: unknown keys {unknown} (known: {sorted(known)})")
-        return cls(**params)
+        return from_known_keys(cls, params, "train_ddsp")
 
     def model_config(self, stats: dict[str, Any] | None = None) -> DDSPModelConfig:
         """The preset with the overrides, on the features' grid (sample_rate, frame_hop) when stats are given."""

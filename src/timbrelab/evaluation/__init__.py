@@ -1,0 +1,1 @@
+"""Evaluation: metrics, the timbre classifier behind them, and the listening report."""
