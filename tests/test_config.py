@@ -11,13 +11,13 @@ import yaml
 
 from timbrelab import config
 from timbrelab.errors import ConfigError
+from timbrelab.stages import STAGES, stage_module
 from timbrelab.training.ddsp import DDSPTrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = sorted(p.stem for p in (REPO / "conf/profile").glob("*.yaml"))
-STAGE_SCHEMAS = {"acquire_cello": config.ACQUIRE_CELLO, "acquire_nsynth": config.ACQUIRE_NSYNTH,
-                 "acquire_source": config.ACQUIRE_SOURCE, "prepare": config.PrepareConfig,
-                 "features": config.FeaturesConfig, "train_ddsp": DDSPTrainConfig}
+# Every stage's own schema (what `python -m timbrelab.stages.<name>` validates its section with).
+STAGE_SCHEMAS = {name: stage_module(name).SCHEMAS for name in STAGES}
 
 
 def test_committed_params_yaml_matches_composed_conf():

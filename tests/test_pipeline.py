@@ -9,7 +9,8 @@ import yaml
 
 pytestmark = pytest.mark.slow
 
-STAGES = ("acquire_cello", "acquire_nsynth", "acquire_source", "prepare", "features", "train_ddsp")
+STAGES = ("acquire_cello", "acquire_nsynth", "acquire_source", "prepare", "features", "train_ddsp",
+          "train_classifier")
 
 
 def _lock(repo) -> dict:
@@ -76,7 +77,8 @@ def test_mlflow_runs_carry_provenance(tiny_repo):
         assert "stage_seconds" in run.data.metrics
         folder = "model" if stage == "train_ddsp" else None
         artifacts = [a.path for a in client.list_artifacts(run.info.run_id, folder)]
-        assert ("model/model.pt" if stage == "train_ddsp" else "manifest.json") in artifacts
+        expected = {"train_ddsp": "model/model.pt", "train_classifier": "metrics.json"}.get(stage, "manifest.json")
+        assert expected in artifacts
 
 
 def test_forced_repro_reproduces_dvc_lock(tiny_repo):
@@ -157,3 +159,17 @@ def test_train_ddsp_stage_output(tiny_repo):
     assert audio.shape == (1, 6400) and torch.isfinite(audio).all()
     rows = (out / "curves.csv").read_text().strip().splitlines()
     assert rows[0] == "step,train_loss,val_loss" and len(rows) == 3
+
+
+def test_train_classifier_stage_output(tiny_repo):
+    from timbrelab.evaluation.classifier import load_classifier
+
+    out = tiny_repo.path / "models/classifier"
+    metrics = json.loads((tiny_repo.path / "reports/metrics/train_classifier.json").read_text())
+    assert 0.0 <= metrics["test/accuracy"] <= 1.0
+    assert {f"test/accuracy.{d}" for d in ("cello", "source", "nsynth")} <= set(metrics)
+    model, payload = load_classifier(out / "model.pt")
+    assert list(model.domains) == ["cello", "source", "nsynth"] and payload["train_config"]["steps"] == 20
+    full = json.loads((out / "metrics.json").read_text())
+    confusion = full["test/confusion"]
+    assert [sum(row) for row in confusion] == [full["test/patches"][d] for d in model.domains]

@@ -121,7 +121,7 @@ class TimbreClassifier(nn.Module):
 
 # ----------------------------------------------------------------------------------------------- config
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: OmegaConf validates params.yaml's section into it (a frozen one is read-only there)
 class ClassifierConfig:
     """Model size and training schedule (``steps`` Adam steps at ``batch_size`` patches)."""
 
@@ -135,7 +135,7 @@ class ClassifierConfig:
     eval_batch_size: int = 256
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "channels", tuple(self.channels))
+        self.channels = tuple(self.channels)
         for name in ("patch_frames", "embed_dim", "batch_size", "steps", "eval_batch_size"):
             _positive_int(getattr(self, name), f"classifier.{name}")
         if not self.channels:
