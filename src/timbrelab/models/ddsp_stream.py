@@ -35,15 +35,11 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from timbrelab.dsp.synth import DEFAULT_NOISE_WINDOW, DEFAULT_NYQUIST_RAMP_FRACTION, frequency_sampled_fir
+from timbrelab.dsp.synth import DEFAULT_NOISE_WINDOW, DEFAULT_NYQUIST_RAMP_FRACTION, _fast_len, frequency_sampled_fir
 from timbrelab.models.ddsp import DDSP, MIDI_MAX, MIN_F0_HZ
 
 TWO_PI = 2.0 * math.pi
 NORM_EPS = 1e-7   # normalize_harmonic_distribution's eps
-
-
-def _fast_len(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
 
 
 def _noise_filter_bank(num_bands: int, window_size: int, n_fft: int) -> tuple[Tensor, Tensor]:
