@@ -48,3 +48,10 @@ def test_params_check_detects_drift(tmp_path):
 def test_unknown_stage_is_a_usage_error():
     result = cli("stage", "no_such_stage")
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_evaluate_stage_needs_its_system():
+    result = cli("stage", "evaluate")
+    assert result.returncode == 2 and "SYSTEM" in result.stderr
+    result = cli("stage", "evaluate", "no_such_system")
+    assert result.returncode == 2 and "evaluate.systems has no 'no_such_system'" in result.stderr

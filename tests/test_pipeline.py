@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
 import pytest
 import soundfile as sf
 import yaml
+from test_report_browser import browser_context, open_and_check  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
 
+SYSTEMS = ("ddsp", "identity", "cqt_griffinlim", "target")
 STAGES = ("acquire_cello", "acquire_nsynth", "acquire_source", "prepare", "features", "train_ddsp",
-          "train_classifier")
+          "train_classifier", "transfer_set", *(f"evaluate_{s}" for s in SYSTEMS), "report")
+# What each stage's MLflow run must hold among its artifacts (default: its manifest).
+ARTIFACTS = {"train_ddsp": "model/model.pt", "train_classifier": "metrics.json", "report": "report/index.html",
+             **{f"evaluate_{s}": "results.json" for s in SYSTEMS}}
 
 
 def _lock(repo) -> dict:
@@ -75,16 +82,113 @@ def test_mlflow_runs_carry_provenance(tiny_repo):
             assert tags[f"dvc.dep.{dep['path']}"] == dep["md5"], dep["path"]
         assert run.data.params, "params not logged"
         assert "stage_seconds" in run.data.metrics
-        folder = "model" if stage == "train_ddsp" else None
-        artifacts = [a.path for a in client.list_artifacts(run.info.run_id, folder)]
-        expected = {"train_ddsp": "model/model.pt", "train_classifier": "metrics.json"}.get(stage, "manifest.json")
-        assert expected in artifacts
+        expected = ARTIFACTS.get(stage, "manifest.json")
+        folder = expected.rpartition("/")[0] or None
+        assert expected in [a.path for a in client.list_artifacts(run.info.run_id, folder)]
 
 
 def test_forced_repro_reproduces_dvc_lock(tiny_repo):
     before = (tiny_repo.path / "dvc.lock").read_text()
     tiny_repo.dvc("repro", "-f")
     assert (tiny_repo.path / "dvc.lock").read_text() == before
+
+
+def test_evaluation_and_report_output(tiny_repo):
+    """Every system evaluated on the same clips; the summary ranks them by the numbers it shows; the report
+    run links to the training runs it evaluated and carries a self-contained page."""
+    from mlflow.tracking import MlflowClient
+
+    root = tiny_repo.path
+    transfer_set = json.loads((root / "data/transfer_set/manifest.json").read_text())
+    sources = [item["id"] for item in transfer_set["groups"]["source"]]
+    assert sources and all(item["f0_file"] for item in transfer_set["groups"]["source"])
+    for system in SYSTEMS:
+        results = json.loads((root / "reports/eval" / system / "results.json").read_text())
+        ids = [clip["id"] for clip in results["clips"]] + [f["id"] for f in results["failed"]]
+        if system == "target":
+            assert ids == [item["id"] for item in transfer_set["groups"]["target"]]
+        else:
+            assert sorted(ids) == sources
+        for clip in results["clips"]:
+            assert sf.info(str(root / "reports/eval" / system / clip["audio"])).samplerate == 16000
+
+    doc = json.loads((root / "reports/metrics.json").read_text())
+    assert set(SYSTEMS) <= set(doc) and "classifier" in doc
+    ranked = sorted((s for s in SYSTEMS if "rank" in doc[s]), key=lambda s: doc[s]["rank"])
+    assert ranked and "target" not in ranked
+    scores = [doc[s]["transfer_score"] for s in ranked]
+    assert scores == sorted(scores, reverse=True)
+    for system in SYSTEMS:
+        assert doc[system]["acceptance_low"] <= doc[system]["acceptance"] <= doc[system]["acceptance_high"]
+    assert "raw_pitch" not in doc["target"] and "recon_spectral" in doc["ddsp"]
+    assert "recon_spectral" not in doc["identity"]
+    # The timbre metric means something only if the classifier separates the domains on these clips.
+    assert doc["target"]["acceptance"] > doc["identity"]["acceptance"] + 0.3
+
+    html = (root / "reports/index.html").read_text()
+    for system in SYSTEMS:
+        assert f"eval/{system}/" in html or system == "target"
+    assert "http://" not in html and "https://" not in html
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("timbrelab")
+
+    def latest(stage):
+        return client.search_runs([experiment.experiment_id], f"tags.stage = '{stage}'",
+                                  order_by=["attributes.start_time DESC"])[0]
+
+    report = latest("report")
+    for stage in ("train_ddsp", "train_classifier", *(f"evaluate_{s}" for s in SYSTEMS)):
+        assert report.data.tags.get(f"run.{stage}") == latest(stage).info.run_id, stage
+    assert latest("evaluate_ddsp").data.tags["run.train_ddsp"] == latest("train_ddsp").info.run_id
+    assert report.data.metrics["ddsp.acceptance"] == pytest.approx(doc["ddsp"]["acceptance"])
+    page = client.download_artifacts(report.info.run_id, "report/index.html", str(root / ".mlflow-page"))
+    text = Path(page).read_text()
+    assert "data:audio/wav;base64," in text and 'src="eval/' not in text
+
+def test_report_plays_in_a_browser(tiny_repo, browser_context):
+    import re
+
+    html = tiny_repo.path / "reports/index.html"
+    sources = re.findall(r'<audio[^>]*\bsrc="([^"]+)"', html.read_text())
+    assert sources
+    from urllib.parse import unquote
+
+    durations = [sf.info(str((html.parent / unquote(src)).resolve())).duration for src in sources]
+    open_and_check(browser_context, html, durations)
+
+def test_adding_a_system_evaluates_only_that_system(tiny_repo):
+    """The README's three steps on a copy of identity, then `dvc repro`: only the new system and the report run."""
+    root = tiny_repo.path
+    systems = root / "src/timbrelab/evaluation/systems"
+    (systems / "echo.py").write_text((systems / "identity.py").read_text().replace('"identity"', '"echo"'))
+    conf = (root / "conf/config.yaml").read_text()
+    (root / "conf/config.yaml").write_text(conf.replace("    identity: {}\n", "    identity: {}\n    echo: {}\n"))
+    spec = yaml.safe_load((root / "dvc.yaml").read_text())
+    stage = json.loads(json.dumps(spec["stages"]["evaluate_identity"]).replace("identity", "echo"))
+    spec["stages"]["evaluate_echo"] = stage
+    (root / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    from conftest import BIN
+
+    tiny_repo.run(str(BIN / "timbrelab"), "params", "profile=tiny")
+    text = tiny_repo.dvc("repro").stdout
+    assert "Running stage 'evaluate_echo'" in text and "Running stage 'report'" in text
+    ran = {line.split("'")[1] for line in text.splitlines() if line.startswith("Running stage")}
+    assert ran == {"evaluate_echo", "report"}, ran
+    doc = json.loads((root / "reports/metrics.json").read_text())
+    assert doc["echo"]["raw_pitch"] == doc["identity"]["raw_pitch"]
+
+def test_one_system_param_reevaluates_only_that_system(tiny_repo):
+    result = tiny_repo.dvc("exp", "run", "-S", "profile=tiny", "-S", "evaluate.systems.ddsp.octave_shift=0")
+    text = result.stdout + result.stderr
+    assert "Running stage 'evaluate_ddsp'" in text and "Running stage 'report'" in text
+    for stage in ("train_ddsp", "train_classifier", "transfer_set", "evaluate_identity", "evaluate_cqt_griffinlim",
+                  "evaluate_target"):
+        assert f"Running stage '{stage}'" not in text
+    results = json.loads((tiny_repo.path / "reports/eval/ddsp/results.json").read_text())
+    assert {clip["octave_shift"] for clip in results["clips"]} == {0.0}
+    shown = tiny_repo.dvc("metrics", "show", "--json")
+    assert "ddsp" in json.dumps(json.loads(shown.stdout))
 
 
 def test_exp_run_reruns_only_what_depends_on_the_key(tiny_repo):
@@ -116,6 +220,16 @@ def test_committed_dvc_lock_is_reproduced_from_scratch(tmp_path):
     assert diff.returncode == 0, (
         "dvc.lock differs from a fresh `dvc repro`: if you changed code or conf/ on purpose, run "
         f"`make repro` and commit dvc.lock.\n{run(['git', 'diff', 'dvc.lock'], repo).stdout[:3000]}")
+    # The demo's evaluation, reproduced: the timbre classifier tells real cello from the untouched source
+    # (else acceptance would mean nothing), and the table's order is the transfer score's.
+    doc = json.loads((repo / "reports/metrics.json").read_text())
+    assert doc["classifier"]["accuracy"] > 0.85
+    assert doc["target"]["acceptance"] > 0.9 > 0.1 > doc["identity"]["acceptance"]
+    assert doc["ddsp"]["acceptance"] > doc["identity"]["acceptance"] + 0.3
+    assert doc["identity"]["raw_pitch"] > 0.95          # the f0 estimator on the source itself
+    ranked = sorted((s for s in doc if "rank" in doc[s]), key=lambda s: doc[s]["rank"])
+    scores = [doc[s]["transfer_score"] for s in ranked]
+    assert ranked[0] == "ddsp" and scores == sorted(scores, reverse=True)
 
 
 def test_features_stage_output(tiny_repo):
@@ -173,3 +287,4 @@ def test_train_classifier_stage_output(tiny_repo):
     full = json.loads((out / "metrics.json").read_text())
     confusion = full["test/confusion"]
     assert [sum(row) for row in confusion] == [full["test/patches"][d] for d in model.domains]
+

@@ -110,7 +110,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 def _cmd_stage(args: argparse.Namespace) -> None:
     module = importlib.import_module(f"timbrelab.stages.{args.name}")
-    code = module.main()
+    code = module.main(args.args) if args.args else module.main()
     if code:
         raise SystemExit(code)
 
@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     from timbrelab.stages import STAGES
 
     stage.add_argument("name", choices=STAGES)
+    stage.add_argument("args", nargs="*", help="the stage's own arguments (evaluate: the system, e.g. ddsp)")
     stage.set_defaults(func=_cmd_stage)
     return parser
 

@@ -12,9 +12,10 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -92,19 +93,16 @@ def _git(root: Path, *args: str) -> str | None:
 
 def dvc_written_paths(root: Path) -> set[str]:
     """Paths DVC itself (re)writes during a run: dvc.lock, params.yaml, every declared output,
-    metrics and plots file, and the .gitignore files it keeps beside outputs."""
+    metrics and plots file (of every stage, foreach groups expanded), and the .gitignore files it
+    keeps beside outputs."""
     paths = set(DVC_REWRITTEN)
-    dvc_yaml = root / "dvc.yaml"
-    spec = yaml.safe_load(dvc_yaml.read_text()) if dvc_yaml.exists() else None
-    for stage in ((spec or {}).get("stages") or {}).values():
-        for kind in ("outs", "metrics", "plots"):
-            for entry in stage.get(kind) or []:
-                out = next(iter(entry)) if isinstance(entry, dict) else str(entry)
-                paths.add(out.rstrip("/"))
-                parent = Path(out).parent
-                while parent != Path("."):
-                    paths.add((parent / ".gitignore").as_posix())
-                    parent = parent.parent
+    for name in dvc_stages(root):
+        for out in stage_outs(root, name):
+            paths.add(out)
+            parent = Path(out).parent
+            while parent != Path("."):
+                paths.add((parent / ".gitignore").as_posix())
+                parent = parent.parent
     return paths
 
 
@@ -133,10 +131,10 @@ def library_versions() -> dict[str, str]:
 
 
 def dvc_dir_md5(path: Path) -> str:
-    """DVC 3's hash of a directory: md5 of its sorted (relpath, md5) listing, plus ``.dir``."""
-    entries = []
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        entries.append({"md5": file_md5(file), "relpath": file.relative_to(path).as_posix()})
+    """DVC 3's hash of a directory: md5 of the JSON of its (md5, relpath) listing sorted by relpath
+    (as dvc_data's Tree.as_bytes writes it), plus ``.dir``. Empty directories do not count."""
+    entries = [{"md5": file_md5(file), "relpath": file.relative_to(path).as_posix()}
+               for file in path.rglob("*") if file.is_file()]
     entries.sort(key=lambda entry: entry["relpath"])
     return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"
 
@@ -149,13 +147,119 @@ def file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
+# ---------------------------------------------------------------------------------------------
+# dvc.yaml and dvc.lock
+
+_REF = re.compile(r"\$\{([^}]*)\}")
+
+
+def _load_yaml(path: Path) -> dict:
+    data = yaml.safe_load(path.read_text()) if path.exists() else None
+    return data if isinstance(data, dict) else {}
+
+
+def stage_slug(stage: str) -> str:
+    """A stage name fit for file names and MLflow keys (which reject ``@``): ``evaluate@ddsp`` ->
+    ``evaluate_ddsp``."""
+    return stage.replace("@", "_")
+
+
+def _lookup(expr: str, context: Mapping[str, Any], where: str) -> Any:
+    value: Any = context
+    for part in expr.strip().split("."):
+        if isinstance(value, Mapping) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            raise ValueError(f"{where}: cannot resolve ${{{expr}}} (no '{part}' there; "
+                             "foreach supports ${key}, ${item}, ${item.<field>} and params.yaml keys)")
+    return value
+
+
+def _to_str(value: Any, expr: str, where: str) -> str:
+    if isinstance(value, (Mapping, list)):  # a dvc.yaml error, a ValueError like the others here
+        raise ValueError(  # noqa: TRY004
+            f"{where}: ${{{expr}}} is a {type(value).__name__}, it cannot stand inside a string")
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _interpolate(value: Any, context: Mapping[str, Any], where: str) -> Any:
+    """Substitute every ``${...}`` in the strings (and mapping keys) of ``value``; a string that is one
+    reference becomes the referenced value itself (a foreach's dict or list)."""
+    if isinstance(value, str):
+        whole = _REF.fullmatch(value)
+        if whole:
+            return _lookup(whole.group(1), context, where)
+        return _REF.sub(lambda m: _to_str(_lookup(m.group(1), context, where), m.group(1), where), value)
+    if isinstance(value, Mapping):
+        return {str(_interpolate(k, context, where)): _interpolate(v, context, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, context, where) for v in value]
+    return value
+
+
+def _foreach_contexts(group: Any, where: str) -> dict[str, dict[str, Any]]:
+    """DVC's names and variables for a foreach: a dict gives ``key`` and ``item``; a list gives
+    ``item`` only, named by its value (or by its index where an item is a dict or list)."""
+    if isinstance(group, Mapping):
+        return {str(k): {"key": str(k), "item": v} for k, v in group.items()}
+    if isinstance(group, list):
+        composite = any(isinstance(v, (Mapping, list)) for v in group)
+        return {(str(i) if composite else _to_str(v, "item", where)): {"item": v} for i, v in enumerate(group)}
+    raise ValueError(f"{where}: foreach must be a dict or a list (or ${{...}} naming one in params.yaml), "
+                     f"got {group!r}")
+
+
+def dvc_stages(root: Path) -> dict[str, dict]:
+    """Every stage of dvc.yaml under the name DVC gives it, ``${...}`` resolved from params.yaml;
+    a foreach group becomes one ``<name>@<key>`` stage per key. (Neither ``vars`` nor ``matrix``.)"""
+    spec = _load_yaml(root / "dvc.yaml")
+    params = _load_yaml(root / "params.yaml")
+    stages: dict[str, dict] = {}
+    for name, entry in (spec.get("stages") or {}).items():
+        entry = entry if isinstance(entry, dict) else {}
+        if "foreach" not in entry:
+            stages[name] = _interpolate(entry, params, f"dvc.yaml: stage '{name}'")
+            continue
+        group = _interpolate(entry["foreach"], params, f"dvc.yaml: stage '{name}' (foreach)")
+        for key, local in _foreach_contexts(group, f"dvc.yaml: stage '{name}'").items():
+            full = f"{name}@{key}"
+            stages[full] = _interpolate(entry.get("do") or {}, {**params, **local}, f"dvc.yaml: stage '{full}'")
+    return stages
+
+
+def stage_spec(root: Path, stage: str) -> dict:
+    """The dvc.yaml entry of ``stage`` (``name@key`` for a foreach group's stage, expanded); {} if none."""
+    return dvc_stages(root).get(stage) or {}
+
+
 def stage_deps(root: Path, stage: str) -> list[str]:
     """The dependency paths dvc.yaml declares for ``stage``."""
-    dvc_yaml = root / "dvc.yaml"
-    if not dvc_yaml.exists():
-        return []
-    spec = yaml.safe_load(dvc_yaml.read_text()) or {}
-    return [str(dep) for dep in (spec.get("stages", {}).get(stage, {}).get("deps") or [])]
+    return [str(dep) for dep in (stage_spec(root, stage).get("deps") or [])]
+
+
+def stage_outs(root: Path, stage: str) -> list[str]:
+    """The outs, metrics and plots paths dvc.yaml declares for ``stage`` (dvc.lock records all three)."""
+    spec = stage_spec(root, stage)
+    return [(next(iter(entry)) if isinstance(entry, dict) else str(entry)).rstrip("/")
+            for kind in ("outs", "metrics", "plots") for entry in spec.get(kind) or []]
+
+
+def lock_outs(root: Path) -> dict[str, tuple[str, str]]:
+    """``{path: (stage, md5)}`` for every output dvc.lock records."""
+    outs = {}
+    for name, entry in (_load_yaml(root / "dvc.lock").get("stages") or {}).items():
+        for out in entry.get("outs") or []:
+            outs[out["path"]] = (name, out.get("md5", ""))
+    return outs
+
+
+def dvc_md5(path: Path) -> str | None:
+    """The md5 DVC 3 records for ``path`` (a file's bytes, or a directory's listing); None if absent."""
+    if path.is_dir():
+        return dvc_dir_md5(path)
+    return file_md5(path) if path.is_file() else None
 
 
 def dep_md5s(root: Path, stage: str) -> dict[str, str]:
@@ -165,25 +269,47 @@ def dep_md5s(root: Path, stage: str) -> dict[str, str]:
     soon as it finishes and has verified unchanged ones, so it is current); the rest (code, local
     folders) are hashed here with DVC's algorithm, so the tags equal dvc.lock after the run.
     """
-    lock_outs: dict[str, str] = {}
-    lock = root / "dvc.lock"
-    if lock.exists():
-        data = yaml.safe_load(lock.read_text()) or {}
-        for entry in (data.get("stages") or {}).values():
-            for out in entry.get("outs") or []:
-                lock_outs[out["path"]] = out.get("md5", "")
-    result = {}
-    for dep in stage_deps(root, stage):
-        path = root / dep
-        if dep in lock_outs:
-            result[dep] = lock_outs[dep]
-        elif path.is_dir():
-            result[dep] = dvc_dir_md5(path)
-        elif path.is_file():
-            result[dep] = file_md5(path)
-        else:
-            result[dep] = "missing"
-    return result
+    produced = lock_outs(root)
+    return {dep: produced[dep][1] if dep in produced else dvc_md5(root / dep) or "missing"
+            for dep in stage_deps(root, stage)}
+
+
+def out_md5s(root: Path, stage: str) -> dict[str, str]:
+    """md5 of each output of ``stage`` present on disk, as DVC will write it to dvc.lock."""
+    hashes = {out: dvc_md5(root / out) for out in stage_outs(root, stage)}
+    return {out: md5 for out, md5 in hashes.items() if md5 is not None}
+
+
+def upstream_runs(client, root: Path, paths: Iterable[str]) -> dict[str, str]:
+    """``{"run.<stage>": run_id}``: for each path dvc.lock records as an output of ``<stage>``, the
+    newest FINISHED run of that stage tagged with that md5 (``dvc.out.<path>``).
+
+    One search per path at most; a path without a lock entry or a matching run, or any MLflow error,
+    gives no link (a missing link must never fail a stage). ``@`` in stage names becomes ``_``.
+    """
+    produced = lock_outs(root)
+    links: dict[str, str] = {}
+    try:
+        experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+    except Exception:  # noqa: BLE001 - links are best effort
+        return links
+    if experiment is None:
+        return links
+    for path in dict.fromkeys(str(p).rstrip("/") for p in paths):
+        stage, md5 = produced.get(path, ("", ""))
+        key = f"run.{stage_slug(stage)}"
+        if not stage or not md5 or key in links or any(q in path + stage + md5 for q in "'`"):
+            continue
+        query = (f"tags.stage = '{stage}' and tags.`dvc.out.{path}` = '{md5}'"
+                 " and attributes.status = 'FINISHED'")
+        try:
+            runs = client.search_runs([experiment.experiment_id], query, max_results=1,
+                                      order_by=["attributes.start_time DESC"])
+        except Exception:  # noqa: BLE001, S112 - a missing link is not worth a warning per stage
+            continue
+        if runs:
+            links[key] = runs[0].info.run_id
+    return links
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -242,12 +368,14 @@ class StageRun:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: Mapping[str, Any], *, extra_tags: Mapping[str, str] | None = None) -> Iterator[StageRun]:
+def stage_run(stage: str, params: Mapping[str, Any], *, extra_tags: Mapping[str, str] | None = None,
+              link_paths: Iterable[str] = ()) -> Iterator[StageRun]:
     """Open one MLflow run for ``stage`` with its flattened params and the provenance tags.
 
     Tags: ``stage``, ``git.commit`` (HEAD), ``git.dirty`` (ignoring dvc.lock/params.yaml),
     ``dvc.dep.<path>`` (the md5 dvc.lock records for each input), ``lib.<name>`` (versions of the key
-    libraries: DVC cannot see a library upgrade). The run ends FAILED if the block raises.
+    libraries: DVC cannot see a library upgrade), ``run.<stage>`` (the run that produced an input, or
+    one of ``link_paths``; see upstream_runs). The run ends FAILED if the block raises.
     """
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -257,7 +385,9 @@ def stage_run(stage: str, params: Mapping[str, Any], *, extra_tags: Mapping[str,
     client = MlflowClient()
     experiment_id = get_experiment_id(client)
     tags = {"stage": stage, "mlflow.runName": stage, **git_tags(root), **library_versions()}
-    tags.update({f"dvc.dep.{dep}": md5 for dep, md5 in dep_md5s(root, stage).items()})
+    deps = dep_md5s(root, stage)
+    tags.update({f"dvc.dep.{dep}": md5 for dep, md5 in deps.items()})
+    tags.update(upstream_runs(client, root, [*deps, *link_paths]))
     for key in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
         if os.environ.get(key):
             tags[f"dvc.{key.lower()}"] = os.environ[key]

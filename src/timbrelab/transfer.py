@@ -280,7 +280,10 @@ def _decode(model, f0_hz: np.ndarray, loudness_db: np.ndarray, n_samples: int, s
         audio = model(torch.from_numpy(np.ascontiguousarray(f0_hz, dtype=np.float32))[None],
                       torch.from_numpy(np.ascontiguousarray(loudness_db, dtype=np.float32))[None],
                       int(n_samples), generator=generator)
-    return audio[0].detach().cpu().numpy().astype(np.float32)
+    decoded = audio[0].detach().cpu().numpy().astype(np.float32)
+    if not np.all(np.isfinite(decoded)):
+        raise TimbrelabError("the model produced non-finite audio (NaN or inf); the checkpoint is likely damaged")
+    return decoded
 
 
 def parse_octave_shift(value: str | int) -> str | int:
@@ -335,8 +338,6 @@ def ddsp_transfer(audio: np.ndarray, sample_rate: int, model, payload: Mapping[s
                         f"(MIDI {lo:.1f}-{hi:.1f}, the train set's 1-99 %); expect a poor timbre there")
 
     decoded = _decode(model, f0_shifted, loud_mapped, mono.shape[0], seed)
-    if not np.all(np.isfinite(decoded)):
-        raise TimbrelabError("the model produced non-finite audio (NaN or inf); the checkpoint is likely damaged")
     decoded, scale = peak_safe(decoded)
     if scale < 1.0:
         messages.append(f"the decoded audio peaked at {PEAK_LIMIT / scale:.2f}; scaled by {scale:.3f} "
@@ -347,6 +348,18 @@ def ddsp_transfer(audio: np.ndarray, sample_rate: int, model, payload: Mapping[s
                           f0_confidence=feats["f0_confidence"], f0_shifted_hz=f0_shifted,
                           loudness_db=feats["loudness_db"], loudness_mapped_db=loud_mapped, voiced=voiced,
                           out_of_range_fraction=outside, peak_scale=scale, warnings=messages)
+
+
+def ddsp_resynthesize(audio: np.ndarray, sample_rate: int, model, payload: Mapping[str, Any], *,
+                      seed: int = 0) -> np.ndarray:
+    """A clip of the target instrument re-rendered from its own f0 and loudness: no octave shift, no loudness
+    mapping (the evaluation's reconstruction; (n,) float32 at the model's rate, peak-safe)."""
+    cfg = features_config(_target_stats(payload))
+    check_model_matches(model, cfg)
+    mono = prepare_audio(audio, sample_rate, cfg)
+    feats = source_features(mono, cfg)
+    decoded = _decode(model, feats["f0_hz"], feats["loudness_db"], mono.shape[0], seed)
+    return peak_safe(decoded)[0]
 
 
 # ---------------------------------------------------------------------------------- model loading

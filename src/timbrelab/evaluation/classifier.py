@@ -162,24 +162,27 @@ def _positive_int(value: Any, where: str) -> int:
 
 # ----------------------------------------------------------------------------------------------- data
 
-def patch_starts(n_frames: int, patch_frames: int) -> list[int]:
-    """Starts of the patches that cover ``n_frames`` columns: every ``patch_frames``, plus one patch ending
-    on the last column when they do not reach it (it overlaps its neighbour). 251 columns, T=32:
-    ``[0, 32, ..., 192, 219]``."""
+def patch_starts(n_frames: int, patch_frames: int, hop: int | None = None) -> list[int]:
+    """Starts of the patches that cover ``n_frames`` columns: every ``hop`` columns (default ``patch_frames``:
+    patches side by side), plus one patch ending on the last column when they do not reach it (it overlaps
+    its neighbour). 251 columns, T=32: ``[0, 32, ..., 192, 219]``."""
     if n_frames < patch_frames:
         raise ValueError(f"a clip of {n_frames} CQT columns is shorter than one patch ({patch_frames} columns)")
-    starts = list(range(0, n_frames - patch_frames + 1, patch_frames))
+    step = patch_frames if hop is None else int(hop)
+    if step < 1:
+        raise ValueError(f"patch hop ({hop}) must be at least 1 column")
+    starts = list(range(0, n_frames - patch_frames + 1, step))
     if starts[-1] + patch_frames < n_frames:
         starts.append(n_frames - patch_frames)
     return starts
 
 
-def clip_patches(cqt: np.ndarray | Tensor, patch_frames: int) -> Tensor:
+def clip_patches(cqt: np.ndarray | Tensor, patch_frames: int, hop: int | None = None) -> Tensor:
     """One clip's log-CQT ``(n_bins, n_frames)`` -> ``(P, n_bins, patch_frames)`` covering patches."""
     cqt = torch.as_tensor(np.asarray(cqt, dtype=np.float32)) if isinstance(cqt, np.ndarray) else cqt.float()
     if cqt.ndim != 2:
         raise ValueError(f"expected one clip's log-CQT (n_bins, n_frames), got {tuple(cqt.shape)}")
-    return torch.stack([cqt[:, s:s + patch_frames] for s in patch_starts(cqt.shape[1], patch_frames)])
+    return torch.stack([cqt[:, s:s + patch_frames] for s in patch_starts(cqt.shape[1], patch_frames, hop)])
 
 
 def _open_split(features_root: Path, domain: str, split: str) -> FeatureSplit:
@@ -331,10 +334,12 @@ def clip_acceptance(model: TimbreClassifier, cqt: np.ndarray | Tensor, target_do
 
 
 @torch.no_grad()
-def clip_embeddings(model: TimbreClassifier, cqt: np.ndarray | Tensor) -> Tensor:
-    """One clip's raw log-CQT ``(n_bins, n_frames)`` -> ``(P, embed_dim)`` embeddings of its covering patches."""
+def clip_embeddings(model: TimbreClassifier, cqt: np.ndarray | Tensor, hop: int | None = None) -> Tensor:
+    """One clip's raw log-CQT ``(n_bins, n_frames)`` -> ``(P, embed_dim)`` embeddings of its covering patches,
+    one every ``hop`` columns (default: side by side; overlapping patches give the Fréchet distance's
+    covariances more, if correlated, samples)."""
     model.eval()
-    return model.embed(clip_patches(cqt, model.patch_frames))
+    return model.embed(clip_patches(cqt, model.patch_frames, hop))
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints

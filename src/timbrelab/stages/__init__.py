@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-STAGES = ("acquire_cello", "acquire_nsynth", "acquire_source", "prepare", "features", "train_ddsp", "train_classifier")
+STAGES = ("acquire_cello", "acquire_nsynth", "acquire_source", "prepare", "features", "train_ddsp", "train_classifier",
+          "transfer_set", "evaluate", "report")
 
 
 def stage_module(name: str) -> ModuleType:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,9 @@ class StageResult:
     metrics: dict[str, float]
     artifacts: list[Path] = field(default_factory=list)
     summary: str = ""
+    # Set when the body wrote its own DVC metrics file (e.g. the report's nested reports/metrics.json);
+    # ``metrics`` then only goes to MLflow.
+    metrics_file: Path | None = None
 
 
 def require_items(stage: str, items: list[dict], failed: list[dict]) -> None:
@@ -58,28 +61,38 @@ def acquire_into(stage: str, out: Path, cfg: Any, domain: str,
 
 
 def execute_stage(stage: str, schemas: Any, body: Callable[[Any, Path], StageResult], *,
-                  params: dict[str, Any] | None = None, extra_tags: dict[str, str] | None = None) -> StageResult:
+                  params: dict[str, Any] | None = None, extra_tags: dict[str, str] | None = None,
+                  params_section: str | None = None, link_paths: Iterable[str] = ()) -> StageResult:
     """Validate the stage's section (of params.yaml, or of ``params``), run ``body`` inside one MLflow
-    run, write the DVC metrics file, print a one-line summary."""
+    run, write the DVC metrics file, tag the md5 of each output, print a one-line summary.
+
+    ``stage`` may be a foreach group's ``name@key``: its section is then ``name`` (or
+    ``params_section``), its metrics file ``reports/metrics/name_key.json``. ``link_paths``: outputs
+    of other stages, besides the deps, whose producing runs the run links to (``run.<stage>`` tags).
+    """
     started = time.perf_counter()
     root = tracking.repo_root()
-    cfg = config_mod.load_stage_config(stage, schemas, params)
-    with tracking.stage_run(stage, dataclasses.asdict(cfg), extra_tags=extra_tags) as run:
+    cfg = config_mod.load_stage_config(params_section or stage.partition("@")[0], schemas, params)
+    with tracking.stage_run(stage, dataclasses.asdict(cfg), extra_tags=extra_tags, link_paths=link_paths) as run:
         result = body(cfg, root)
         elapsed = time.perf_counter() - started
         # The DVC metrics file leaves out wall time: it must hash the same on every run.
-        atomic_write_json(root / METRICS_DIR / f"{stage}.json", round_floats(result.metrics))
+        if result.metrics_file is None:
+            atomic_write_json(root / METRICS_DIR / f"{tracking.stage_slug(stage)}.json", round_floats(result.metrics))
         run.log_metrics({**result.metrics, "stage_seconds": round(elapsed, 3)})
         for artifact in result.artifacts:
             if artifact.exists():
                 run.log_artifact(artifact)
+        run.set_tags({f"dvc.out.{out}": md5 for out, md5 in tracking.out_md5s(root, stage).items()})
     print(f"[{stage}] {result.summary} ({elapsed:.1f} s; MLflow run {run.run_id})", file=sys.stderr)
     return result
 
 
-def run_stage(stage: str, schemas: Any, body: Callable[[Any, Path], StageResult]) -> int:
-    """Entry point of ``python -m timbrelab.stages.<stage>``: one-line errors, exit code 2."""
-    return run_main(lambda: execute_stage(stage, schemas, body))
+def run_stage(stage: str, schemas: Any, body: Callable[[Any, Path], StageResult], *,
+              link_paths: Iterable[str] = ()) -> int:
+    """Entry point of ``python -m timbrelab.stages.<stage>``: one-line errors, exit code 2. ``stage``
+    may be ``name@key`` (a foreach stage; e.g. ``f"evaluate@{sys.argv[1]}"``)."""
+    return run_main(lambda: execute_stage(stage, schemas, body, link_paths=link_paths))
 
 
 def relative(root: Path, path: Path) -> str:
