@@ -8,7 +8,10 @@ them, so this is a benchmark and not a test; see that folder's README.md for the
 
 Each is read at the transfer set's rate, mono (:func:`timbrelab.audio.load_audio`), and cut into consecutive
 4 s clips; a final part of at least 1 s is padded with silence to 4 s (``--last pad``, the default) or
-dropped (``--last drop``); a final part under 1 s is always dropped. The systems: ``ddsp`` (the trained
+dropped (``--last drop``); a final part under 1 s is always dropped. A clip whose loudness never rises above
+``features.silence_db`` is left out, as the features stage does: both recordings end in near silence (the
+trumpet plays for 3.6 s of its 5.3 s; both tails peak below -70 dBFS), so here the padded last clip is the one
+left out, and the trumpet gives a single clip: its intervals are that clip's values. The systems: ``ddsp`` (the trained
 ``models/ddsp``), ``identity`` and ``cqt_griffinlim`` (settings from ``params.yaml`` ``evaluate.systems``;
 Griffin-Lim 32 iterations where params has none), built by :func:`~timbrelab.evaluation.systems.load_system`
 on the features config of ``data/transfer_set/manifest.json``. A clip the DDSP transfer refuses
@@ -326,14 +329,19 @@ def main() -> None:
 
     results: dict[str, list[dict]] = {}
     clips_of: dict[str, list[Clip]] = {}
+    silent: list[Clip] = []
     pyin_s = 0.0
     for rec in RECORDINGS:
         audio = load_audio(args.audio_dir / rec.file, sr)[0]
         clips = cut_clips(audio, sr, rec.key, args.last)[:args.max_clips]
-        clips_of[rec.key] = clips
         for clip in clips:  # the systems get the 16-bit clip the page plays
             clip.audio = write_and_read_back(args.out / rec.key / "source" / f"{clip.id}.wav", clip.audio, sr)
-        sources = [analyse(clip.audio, ev.features) for clip in clips]
+        analysed = [(clip, analyse(clip.audio, ev.features)) for clip in clips]
+        # As the features stage: a clip whose loudness never rises above silence_db is left out.
+        sounding = [(c, a) for c, a in analysed if float(np.max(a["loudness_db"])) > ev.features.silence_db]
+        silent += [c for c, a in analysed if all(c is not kept for kept, _ in sounding)]
+        clips, sources = [c for c, _ in sounding], [a for _, a in sounding]
+        clips_of[rec.key] = clips
         started = time.perf_counter()
         truths = [pyin_pseudo_truth(clip.audio, ev.features) if rec.pitched else None for clip in clips]
         pyin_s += time.perf_counter() - started
@@ -374,13 +382,17 @@ def main() -> None:
 
     refusals = {f"{rec.key}/{r['system']}": len(r["refused"]) for rec in RECORDINGS for r in results[rec.key]
                 if r["refused"]}
-    print(f"\nRefused clips: {', '.join(f'{k} {v}' for k, v in refusals.items()) or 'none'}. pyin pseudo-truth: "
-          f"{pyin_s:.1f} s for {len(clips_of['trumpet']) * CLIP_SECONDS:g} s of trumpet clips.")
+    print(f"\nSilent clips left out before the systems (loudness never above features.silence_db = "
+          f"{ev.features.silence_db:g} dB, the features stage's rule): "
+          f"{', '.join(f'{c.id} ({c.seconds:.2f} s of recording)' for c in silent) or 'none'}. Refused clips: "
+          f"{', '.join(f'{k} {v}' for k, v in refusals.items()) or 'none'}. pyin pseudo-truth: {pyin_s:.1f} s for "
+          f"{len(clips_of['trumpet']) * CLIP_SECONDS:g} s of trumpet clips.")
 
     (args.out / "results.json").write_text(json.dumps(
         {"recordings": {rec.key: {"file": rec.file, "clips": [{"id": c.id, "seconds": c.seconds}
                                                               for c in clips_of[rec.key]],
                                   "systems": results[rec.key]} for rec in RECORDINGS},
+         "silent": [{"id": c.id, "seconds": c.seconds} for c in silent],
          "ceiling": ceiling, "frechet_floor": ev.floor, "pitch_reference": PSEUDO_TRUTH}, indent=1, default=float))
     c = ev.features.cqt
     html = write_report(args.out, listening_data(ev, results, clips_of, ceiling, args.listening_clips),

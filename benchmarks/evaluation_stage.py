@@ -188,7 +188,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     os.environ["TIMBRELAB_PARAMS"] = str(REPO / "params.yaml")   # the report stage reads evaluate.systems
-    os.environ.setdefault("TQDM_DISABLE", "1")                    # no progress bars between the tables
 
     import torch
 

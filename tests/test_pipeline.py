@@ -283,7 +283,7 @@ def test_train_classifier_stage_output(tiny_repo):
     assert 0.0 <= metrics["test/accuracy"] <= 1.0
     assert {f"test/accuracy.{d}" for d in ("cello", "source", "nsynth")} <= set(metrics)
     model, payload = load_classifier(out / "model.pt")
-    assert list(model.domains) == ["cello", "source", "nsynth"] and payload["train_config"]["steps"] == 20
+    assert list(model.domains) == ["cello", "source", "nsynth"] and payload["train_config"]["steps"] == 60
     full = json.loads((out / "metrics.json").read_text())
     confusion = full["test/confusion"]
     assert [sum(row) for row in confusion] == [full["test/patches"][d] for d in model.domains]
