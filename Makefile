@@ -38,8 +38,12 @@ params: $(STAMP)
 params-check: $(STAMP)
 	$(BIN)/timbrelab params --check
 
+# The repository's own store, local only (127.0.0.1). One worker and no job runner (MLflow's GenAI
+# job queue, a handful of processes this project never uses). tests/test_mlflow_server.py runs this
+# very line (from `make -n`) on a free MLFLOW_PORT.
+MLFLOW_PORT ?= 5000
 mlflow-ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(abspath mlflow.db)" --default-artifact-root "$(abspath mlartifacts)" --host 127.0.0.1 --port 5000
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri "sqlite:///$(abspath mlflow.db)" --default-artifact-root "$(abspath mlartifacts)" --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 
 # Refresh constraints.txt from the current venv after a deliberate upgrade (then run `make test`).
 lock:

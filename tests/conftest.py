@@ -31,8 +31,11 @@ def tool_env(repo: Path) -> dict[str, str]:
     return env
 
 
-def run(cmd: list[str], repo: Path, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=repo, env=tool_env(repo), capture_output=True, text=True, timeout=timeout)
+def run(cmd: list[str], repo: Path, check: bool = True, timeout: float = 1800,
+        extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``cmd`` in ``repo`` with :func:`tool_env` (plus ``extra_env``, e.g. an MLFLOW_TRACKING_URI)."""
+    env = {**tool_env(repo), **(extra_env or {})}
+    result = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result

@@ -64,6 +64,30 @@ def artifact_location(root: Path | None = None) -> str:
     return (store_root(root) / "mlartifacts").as_uri()
 
 
+@contextlib.contextmanager
+def first_use_lock(uri: str) -> Iterator[None]:
+    """For a ``sqlite:///`` store, hold an exclusive lock on ``<db>.lock`` (beside the database) for the
+    duration; nothing for other stores.
+
+    MLflow creates and migrates a sqlite store's schema in every process that opens it, and processes
+    doing that at once (parallel DVC queue workers on a fresh repository) break each other's migration;
+    opening the store under this lock makes the first one build it and the others find it built.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def get_experiment_id(client, name: str = EXPERIMENT_NAME) -> str:
     """Experiment id, creating it with an explicit artifact location (never ./mlruns)."""
     experiment = client.get_experiment_by_name(name)
@@ -381,9 +405,11 @@ def stage_run(stage: str, params: Mapping[str, Any], *, extra_tags: Mapping[str,
     from mlflow.tracking import MlflowClient
 
     root = repo_root()
-    mlflow.set_tracking_uri(tracking_uri(root))
-    client = MlflowClient()
-    experiment_id = get_experiment_id(client)
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    with first_use_lock(uri):  # opening the store creates its schema the first time
+        client = MlflowClient()
+        experiment_id = get_experiment_id(client)
     tags = {"stage": stage, "mlflow.runName": stage, **git_tags(root), **library_versions()}
     deps = dep_md5s(root, stage)
     tags.update({f"dvc.dep.{dep}": md5 for dep, md5 in deps.items()})
