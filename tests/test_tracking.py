@@ -42,6 +42,20 @@ def test_dvc_temporary_experiment_copies_log_to_the_parent_store(repo, monkeypat
     assert tracking.tracking_uri() == f"sqlite:///{repo.resolve() / 'mlflow.db'}"
 
 
+def test_queued_experiments_work_in_their_copy_though_dvc_root_names_the_parent(repo, monkeypatch):
+    """DVC runs a queued (or --temp) experiment's stages in a copy under .dvc/tmp/exps/ with $DVC_ROOT
+    set to the repository it came from: params, outputs and git state are the copy's, the store the parent's."""
+    copy = repo / ".dvc" / "tmp" / "exps" / "tmpab12cd"
+    copy.mkdir(parents=True)
+    (copy / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.setenv("DVC_ROOT", str(repo))
+    monkeypatch.chdir(copy)
+    assert tracking.repo_root() == copy.resolve()
+    assert tracking.tracking_uri() == f"sqlite:///{repo.resolve() / 'mlflow.db'}"
+    monkeypatch.chdir(repo / "sub" / "deeper")  # anywhere else $DVC_ROOT is the repository
+    assert tracking.repo_root() == repo.resolve()
+
+
 def test_env_overrides_the_store(repo, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     assert tracking.tracking_uri() == "http://127.0.0.1:5999"
