@@ -12,13 +12,14 @@ setup: $(STAMP)
 
 # torch first and pinned: a looser spec (or letting another package pull it) downloads a multi-GB
 # CUDA build. tinysoundfont declares pyaudio (needs PortAudio headers to build) but only uses it for
-# live playback, so it goes in with --no-deps.
+# live playback, so it goes in with --no-deps. hydra-optuna-sweeper declares optuna<3, but works with
+# the optuna 5 of constraints.txt (README, Sweeps), so it goes in with --no-deps too.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
-	$(BIN)/python -m pip install --quiet -c constraints.txt --no-deps tinysoundfont
+	$(BIN)/python -m pip install --quiet -c constraints.txt --no-deps tinysoundfont hydra-optuna-sweeper
 	touch $(STAMP)
 
 repro: $(STAMP)

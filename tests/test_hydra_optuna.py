@@ -1,0 +1,109 @@
+"""An Optuna sweep of `timbrelab-train` (conf/hparams_search/ddsp_optuna.yaml): each trial is one MLflow run of
+train_ddsp, and what the sweeper records is each job's `objective` metric."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from conftest import BIN, copy_repository, run
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+from timbrelab.errors import TimbrelabError
+from timbrelab.hydra_app import objective_value, sweep_tags
+
+SWEEP_DIR = "multirun/optuna-test"
+STUDY = "tiny-ddsp"
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """A tiny repository copy with features, then a 2-trial Optuna sweep of tiny trainings whose study is
+    kept in optuna.db. Returns ``(repo, sweep output)``."""
+    repo = copy_repository(tmp_path_factory.mktemp("optuna") / "timbrelab")
+    run([str(BIN / "timbrelab"), "params", "profile=tiny"], repo)
+    run(["git", "commit", "-q", "-am", "tiny profile"], repo)
+    run([str(BIN / "dvc"), "repro", "features"], repo)
+    result = run([str(BIN / "timbrelab-train"), "-m", "hparams_search=ddsp_optuna", "profile=tiny",
+                  "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={SWEEP_DIR}",
+                  "hydra.sweeper.storage=sqlite:///optuna.db", f"hydra.sweeper.study_name={STUDY}",
+                  "train_ddsp.max_steps=4", "train_ddsp.val_every_steps=2", "train_ddsp.baseline_steps=4"], repo)
+    return repo, result.stdout + result.stderr
+
+
+def _train_runs(repo):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("timbrelab")
+    return client.search_runs([experiment.experiment_id], filter_string="tags.stage = 'train_ddsp'")
+
+
+@pytest.mark.slow
+def test_each_trial_is_one_run_and_the_sweeper_records_its_objective(swept):
+    import optuna
+
+    repo, output = swept
+    runs = {int(r.data.tags["hydra.job_num"]): r for r in _train_runs(repo)}
+    assert sorted(runs) == [0, 1], output
+    assert len({r.info.experiment_id for r in runs.values()}) == 1
+    assert {r.data.tags["hydra.sweep_dir"] for r in runs.values()} == {SWEEP_DIR}
+    assert len({r.data.tags["hydra.sweep_id"] for r in runs.values()}) == 1
+    assert all(r.data.params["max_steps"] == "4" for r in runs.values())
+    assert runs[0].data.params["lr"] != runs[1].data.params["lr"]   # the second trial is another point
+
+    trials = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{repo / 'optuna.db'}").trials
+    assert [(t.number, t.state.name) for t in trials] == [(0, "COMPLETE"), (1, "COMPLETE")]
+    for trial in trials:
+        found = runs[trial.number]
+        assert found.data.metrics["val/loss_best"] == pytest.approx(trial.value, rel=1e-12)
+        assert float(found.data.params["lr"]) == pytest.approx(trial.params["train_ddsp.lr"], rel=1e-12)
+        assert 1e-4 <= trial.params["train_ddsp.lr"] <= 3e-3
+        assert int(found.data.params["hidden"]) == trial.params["train_ddsp.hidden"]
+        assert f"train_ddsp.lr={trial.params['train_ddsp.lr']}" in found.data.tags["hydra.overrides"]
+
+    results = yaml.safe_load((repo / SWEEP_DIR / "optimization_results.yaml").read_text())
+    best = min(runs.values(), key=lambda r: r.data.metrics["val/loss_best"])
+    assert results["best_value"] == pytest.approx(best.data.metrics["val/loss_best"], rel=1e-12)
+    assert results["best_params"] == {"train_ddsp.lr": pytest.approx(float(best.data.params["lr"]), rel=1e-12),
+                                      "train_ddsp.hidden": int(best.data.params["hidden"])}
+
+
+def _hydra(mode: RunMode, sweeper: str = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+           storage: str | None = None, job_num: int = 1):
+    return OmegaConf.create({"mode": mode, "overrides": {"task": ["train_ddsp.lr=0.001"]}, "job": {"num": job_num},
+                             "sweep": {"dir": "multirun/x"}, "sweeper": {"_target_": sweeper, "storage": storage}})
+
+
+def test_sweep_tags():
+    optuna_sweeper = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    assert sweep_tags(_hydra(RunMode.RUN)) == {"hydra.overrides": "train_ddsp.lr=0.001", "hydra.job_num": "1"}
+    basic = sweep_tags(_hydra(RunMode.MULTIRUN))
+    assert basic["hydra.sweep_dir"] == "multirun/x" and len(basic["hydra.sweep_id"]) == 12
+    assert "optuna.trial" not in basic
+    assert sweep_tags(_hydra(RunMode.MULTIRUN, optuna_sweeper, job_num=3))["optuna.trial"] == "3"
+    # A persistent study may already hold trials: its numbers are not the job numbers.
+    assert "optuna.trial" not in sweep_tags(_hydra(RunMode.MULTIRUN, optuna_sweeper, storage="sqlite:///o.db"))
+    assert sweep_tags(_hydra(RunMode.MULTIRUN, job_num=3))["hydra.sweep_id"] == basic["hydra.sweep_id"]
+
+
+def test_objective_value():
+    metrics = {"val/loss_best": 1.5, "steps": 4}
+    assert objective_value("train_ddsp", "val/loss_best", metrics, required=True) == 1.5
+    assert objective_value("train_ddsp", None, metrics, required=True) is None
+    assert objective_value("acquire_source", "val/loss_best", {"items": 3}, required=False) is None
+    with pytest.raises(TimbrelabError, match=r"'val/loss' is not a metric of stage train_ddsp \(it has: steps, val"):
+        objective_value("train_ddsp", "val/loss", metrics, required=True)
+
+
+@pytest.mark.slow
+def test_an_objective_the_stage_lacks_fails_the_sweep_in_one_line(swept):
+    repo, _ = swept
+    result = run([str(BIN / "timbrelab-train"), "-m", "hparams_search=ddsp_optuna", "profile=tiny",
+                  "hydra.sweeper.n_trials=2", "train_ddsp.max_steps=2", "train_ddsp.val_every_steps=2",
+                  "train_ddsp.baseline_steps=2", "objective=val/nope"], repo, check=False)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("timbrelab: error: objective 'val/nope' is not a metric of stage train_ddsp"), last
+    assert "val/loss_best" in last
+    assert (result.stdout + result.stderr).count("Launching 1 jobs") == 1   # it stopped after the first trial
