@@ -112,6 +112,11 @@ def test_patch_starts_cover_every_column_once_or_twice():
     assert covered.min() == 1 and covered.max() == 2
     with pytest.raises(ValueError, match="shorter than one patch"):
         patch_starts(31, 32)
+    # Overlapping patches (the Fréchet distance's embeddings): every hop columns, the last one still ends the clip.
+    assert patch_starts(251, 32, hop=8) == [*range(0, 220, 8), 219]
+    assert patch_starts(64, 32, hop=32) == patch_starts(64, 32)
+    with pytest.raises(ValueError, match="at least 1 column"):
+        patch_starts(64, 32, hop=0)
 
 
 def test_tells_the_domains_apart_at_unseen_pitches(trained):

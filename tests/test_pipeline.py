@@ -189,6 +189,9 @@ def test_one_system_param_reevaluates_only_that_system(tiny_repo):
     assert {clip["octave_shift"] for clip in results["clips"]} == {0.0}
     shown = tiny_repo.dvc("metrics", "show", "--json")
     assert "ddsp" in json.dumps(json.loads(shown.stdout))
+    # The README's `dvc metrics diff`: the summary's numbers against the commit (the demo's, here).
+    diff = json.loads(tiny_repo.dvc("metrics", "diff", "--json").stdout)
+    assert "ddsp.acceptance" in diff["reports/metrics.json"]
 
 
 def test_exp_run_reruns_only_what_depends_on_the_key(tiny_repo):
