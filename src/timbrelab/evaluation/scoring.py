@@ -139,6 +139,13 @@ def _transfer_score(score: ClipScore) -> float | None:
     return score.acceptance * score.pitch.raw_pitch
 
 
+def cqt_kwargs(features: FeaturesConfig) -> dict[str, Any]:
+    """The features' CQT grid as :func:`timbrelab.dsp.cqt.log_cqt` keyword arguments."""
+    c = features.cqt
+    return {"hop_length": c.hop_length, "fmin_hz": c.fmin_hz, "bins_per_octave": c.bins_per_octave,
+            "n_bins": c.n_bins, "log_floor": c.log_floor}
+
+
 def analyse(audio: np.ndarray, features: FeaturesConfig) -> dict[str, np.ndarray]:
     """f0, confidence, loudness and log-CQT of (n,) audio at the features' rate, as the features stage does."""
     return clip_features(np.asarray(audio, dtype=np.float32), features)
@@ -179,12 +186,9 @@ def reference_embeddings(clips: Sequence[np.ndarray], features: FeaturesConfig, 
 
 
 def reconstruction_row(reference: np.ndarray, rendered: np.ndarray, features: FeaturesConfig) -> dict[str, float]:
-    c = features.cqt
     return {
         "recon_spectral": m.multiscale_spectral_distance(reference, rendered),
-        "recon_cqt_l1": m.log_cqt_l1(reference, rendered, features.sample_rate, hop_length=c.hop_length,
-                                     fmin_hz=c.fmin_hz, bins_per_octave=c.bins_per_octave, n_bins=c.n_bins,
-                                     log_floor=c.log_floor),
+        "recon_cqt_l1": m.log_cqt_l1(reference, rendered, features.sample_rate, **cqt_kwargs(features)),
     }
 
 

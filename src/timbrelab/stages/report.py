@@ -9,6 +9,7 @@ models it evaluated (``run.<stage>`` tags).
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -16,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from timbrelab import config as config_mod
+from timbrelab import tracking
+from timbrelab.audio import load_audio
 from timbrelab.config import FeaturesConfig, validate
-from timbrelab.errors import ConfigError, TimbrelabError
+from timbrelab.errors import ConfigError, TimbrelabError, run_main
 from timbrelab.evaluation.classifier import load_classifier
 from timbrelab.evaluation.evaluate import RESULTS
 from timbrelab.evaluation.report import inline_report, write_report
-from timbrelab.evaluation.scoring import METRICS, analyse, frechet_floor, reference_embeddings
+from timbrelab.evaluation.scoring import METRICS, cqt_kwargs, frechet_floor, reference_embeddings
 from timbrelab.evaluation.summary import RANK_KEY, flat_metrics, metrics_document, rank_systems
 from timbrelab.evaluation.transfer_set import TransferSet
 from timbrelab.fsutil import atomic_write_json, read_json, round_floats
@@ -46,7 +49,7 @@ class ReportConfig:
 SCHEMAS = ReportConfig
 
 
-def _systems(root: Path) -> tuple[list[str], EvaluateConfig]:
+def _systems() -> tuple[list[str], EvaluateConfig]:
     evaluate = config_mod.load_stage_config("evaluate", EvaluateConfig)
     return list(evaluate.systems), evaluate
 
@@ -56,15 +59,13 @@ def _load_results(root: Path, names: list[str]) -> list[dict[str, Any]]:
     for name in names:
         path = root / EVAL / name / RESULTS
         if not path.is_file():
-            raise TimbrelabError(f"{path}: missing; evaluate the system first with `dvc repro evaluate@{name}`")
+            raise TimbrelabError(f"{path}: missing; evaluate the system first with `dvc repro evaluate_{name}`")
         results.append(read_json(path))
     return results
 
 
 def _rel(path: Path, root: Path) -> str:
     """``path`` relative to reports/ (where index.html lives), POSIX style."""
-    import os
-
     return Path(os.path.relpath(root / path, root / REPORTS)).as_posix()
 
 
@@ -96,14 +97,11 @@ def _classifier_section(metrics: dict[str, Any], domains: list[str]) -> dict[str
 
 
 def run(cfg: ReportConfig, root: Path) -> StageResult:
-    names, evaluate = _systems(root)
+    names, evaluate = _systems()
     ts = TransferSet(root / TRANSFER_SET)
     features = validate(dict(ts.features_config), FeaturesConfig, f"{TRANSFER_SET}/manifest.json features_config")
     classifier, payload = load_classifier(root / CLASSIFIER)
     ranked = rank_systems(_load_results(root, names))
-
-    from timbrelab.audio import load_audio
-
     reference = reference_embeddings([load_audio(c.path, features.sample_rate)[0] for c in ts.clips("reference")],
                                      features, classifier, evaluate.metrics)
     floor = frechet_floor(reference, evaluate.metrics)
@@ -111,9 +109,6 @@ def run(cfg: ReportConfig, root: Path) -> StageResult:
     doc = round_floats(metrics_document(ranked, floor, classifier_metrics))
     atomic_write_json(root / METRICS_FILE, doc)
 
-    c = features.cqt
-    cqt = {"hop_length": c.hop_length, "fmin_hz": c.fmin_hz, "bins_per_octave": c.bins_per_octave,
-           "n_bins": c.n_bins, "log_floor": c.log_floor}
     data = {
         "title": f"timbrelab evaluation: {ts.source_domain} -> {ts.target_domain}",
         "source_domain": ts.source_domain, "target_domain": ts.target_domain,
@@ -134,13 +129,11 @@ def run(cfg: ReportConfig, root: Path) -> StageResult:
                   f"{len(ts.clips('reference'))} {ts.target_domain} reference clips (Fréchet reference, "
                   "reconstruction)."],
     }
-    html = write_report(root / REPORTS, data, sample_rate=features.sample_rate, cqt=cqt)
+    html = write_report(root / REPORTS, data, sample_rate=features.sample_rate, cqt=cqt_kwargs(features))
     artifacts = [root / METRICS_FILE]
     with tempfile.TemporaryDirectory() as tmp:
         standalone = Path(tmp) / "index.html"
         standalone.write_text(inline_report(html), encoding="utf-8")
-        from timbrelab import tracking
-
         run_handle = tracking.active_run()
         if run_handle is not None:
             run_handle.log_artifact(standalone, "report")
@@ -153,9 +146,7 @@ def run(cfg: ReportConfig, root: Path) -> StageResult:
 def link_paths(root: Path) -> list[str]:
     """The outputs whose producing runs the report run links to: each system's evaluation and the models
     it loaded (the deps of its evaluate stage), the classifier."""
-    from timbrelab import tracking
-
-    names, _ = _systems(root)
+    names, _ = _systems()
     paths = [str(CLASSIFIER.parent)]
     for name in names:
         paths += [str(EVAL / name), *tracking.stage_deps(root, f"evaluate_{name}")]
@@ -163,10 +154,7 @@ def link_paths(root: Path) -> list[str]:
 
 
 def main() -> int:
-    from timbrelab.errors import run_main
-    from timbrelab.tracking import repo_root
-
-    return run_main(lambda: execute_stage(STAGE, SCHEMAS, run, link_paths=link_paths(repo_root())))
+    return run_main(lambda: execute_stage(STAGE, SCHEMAS, run, link_paths=link_paths(tracking.repo_root())))
 
 
 if __name__ == "__main__":

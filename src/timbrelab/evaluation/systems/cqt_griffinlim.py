@@ -14,6 +14,7 @@ import numpy as np
 
 from timbrelab.config import FeaturesConfig
 from timbrelab.dsp.cqt import griffinlim, log_cqt
+from timbrelab.evaluation.scoring import cqt_kwargs
 from timbrelab.evaluation.systems import Output, System, system_params
 
 
@@ -27,11 +28,9 @@ class CQTGriffinLim(System):
     description = "the source's magnitude log-CQT, phase recovered by Griffin-Lim"
 
     def __init__(self, features: FeaturesConfig, iters: int):
-        c = features.cqt
         self.sample_rate = features.sample_rate
         self.iters = int(iters)
-        self.grid = {"hop_length": c.hop_length, "fmin_hz": c.fmin_hz, "bins_per_octave": c.bins_per_octave,
-                     "n_bins": c.n_bins, "log_floor": c.log_floor}
+        self.grid = cqt_kwargs(features)
 
     def _round_trip(self, audio: np.ndarray, seed: int) -> np.ndarray:
         spectrum = log_cqt(audio, self.sample_rate, **self.grid)
