@@ -57,6 +57,17 @@ def copy_repository(dst: Path) -> Path:
     return dst
 
 
+def set_default_profile(repo: Path, profile: str) -> None:
+    """Make ``profile`` the default of conf/config.yaml in a test copy (so commands that compose conf/, such
+    as timbrelab-train and the README's, run on it as written), regenerate params.yaml and commit both."""
+    config = repo / "conf" / "config.yaml"
+    text = config.read_text()
+    assert "  - profile: demo\n" in text, "conf/config.yaml: the defaults list no longer starts with profile: demo"
+    config.write_text(text.replace("  - profile: demo\n", f"  - profile: {profile}\n", 1))
+    run([str(BIN / "timbrelab"), "params"], repo)
+    run(["git", "commit", "-q", "-am", f"default profile: {profile}"], repo)
+
+
 @dataclass
 class TinyRepo:
     path: Path

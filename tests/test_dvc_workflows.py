@@ -1,7 +1,8 @@
 """End-to-end DVC workflows beyond `dvc repro`: the experiments queue with the Hydra composition (each
 queued experiment runs in a temporary copy under .dvc/tmp/exps/ and logs to the repository's MLflow
 store) and a local-directory DVC remote (push, git clone, pull). Each scenario works in a fresh copy of
-the repository of its own; the commands are the ones the README's "Experiments and remotes" shows."""
+the repository of its own; the commands are read from the README's "Experiments and remotes" blocks
+(exp-queue, dvc-remote: tests/readme.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+import readme
 import yaml
-from conftest import BIN, copy_repository, run
+from conftest import BIN, copy_repository, run, tool_env
 
 from timbrelab import tracking
 
@@ -48,9 +50,15 @@ def _ran_stages(log: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", log))
 
 
+def _readme(start: str, **substitute: str) -> list[str]:
+    """The README's exp-queue command that starts with ``start``, with BIN's executable."""
+    argv = readme.command("exp-queue", start, substitute).argv
+    return [str(BIN / argv[0]), *argv[1:]]
+
+
 def _queue_statuses(repo: Path) -> dict[str, str]:
     """``{name or task id: status}`` from the table `dvc queue status` prints."""
-    lines = dvc(repo, "queue", "status").stdout.splitlines()
+    lines = run(_readme("dvc queue status"), repo).stdout.splitlines()
     rows = [line.split() for line in lines[1:] if line.strip() and not line.startswith("Worker status")]
     return {row[1] if len(row) == 5 else row[0]: row[-1] for row in rows}
 
@@ -81,17 +89,18 @@ def test_queued_hydra_sweep_runs_downstream_stages_and_logs_to_the_repository_st
     head = run(["git", "rev-parse", "HEAD"], built).stdout.strip()
 
     # A Hydra sweep over the key path: one queued experiment per value, params.yaml composed from conf/.
-    sweep = ",".join(str(lr) for lr in LRS)
-    queued = dvc(built, "exp", "run", "--queue", "-S", "profile=tiny", "-S", f"train_ddsp.lr={sweep}").stdout
+    queue = _readme("dvc exp run --queue")
+    assert f"train_ddsp.model.lr={','.join(str(lr) for lr in LRS)}" in queue
+    queued = run(queue, built).stdout
     names = re.findall(r"Queued experiment '([^']+)'", queued)
     assert len(names) == len(LRS), queued
     lr_of = dict(zip(names, LRS, strict=True))
     try:
-        assert "Started '1' new experiments task queue worker" in dvc(built, "queue", "start").stdout
+        assert "Started '1' new experiments task queue worker" in run(_readme("dvc queue start"), built).stdout
         statuses = _wait_for_queue(built)
     finally:
-        dvc(built, "queue", "stop", check=False)
-    logs = {name: dvc(built, "queue", "logs", name, check=False).stdout for name in names}
+        run(_readme("dvc queue stop"), built, check=False)
+    logs = {name: run(_readme("dvc queue logs", **{"<name>": name}), built, check=False).stdout for name in names}
     for name in names:
         assert statuses.get(name) == "Success", f"{name}: {statuses}\n{logs[name][-4000:]}"
         # Only what depends on train_ddsp reran; the data stages were restored, not rerun.
@@ -104,14 +113,14 @@ def test_queued_hydra_sweep_runs_downstream_stages_and_logs_to_the_repository_st
     assert UP_TO_DATE in dvc(built, "status").stdout
 
     # `dvc exp show --json`: both experiments on HEAD, with their lr and their own train_ddsp metrics.
-    shown = json.loads(dvc(built, "exp", "show", "--json").stdout)
+    shown = json.loads(run(_readme("dvc exp show --json"), built).stdout)
     baseline = next(entry for entry in shown if entry["rev"] == head)
     revs = {exp["name"]: exp["revs"][0]["data"] for exp in baseline["experiments"] or []}
     assert set(revs) == set(names), sorted(revs)
     metric_keys = set(json.loads((built / "reports/metrics/train_ddsp.json").read_text()))
     test_losses = set()
     for name, data in revs.items():
-        assert data["params"]["params.yaml"]["data"]["train_ddsp"]["lr"] == lr_of[name]
+        assert data["params"]["params.yaml"]["data"]["train_ddsp"]["model"]["lr"] == lr_of[name]
         metrics = data["metrics"]["reports/metrics/train_ddsp.json"]["data"]
         assert set(metrics) == metric_keys
         test_losses.add(metrics["test/loss"])
@@ -127,33 +136,35 @@ def test_queued_hydra_sweep_runs_downstream_stages_and_logs_to_the_repository_st
 
     for name, r in by_name.items():
         assert r.info.status == "FINISHED"
-        assert float(r.data.params["lr"]) == lr_of[name]
+        assert float(r.data.params["model.lr"]) == lr_of[name]
         assert r.data.tags["dvc.dvc_exp_baseline_rev"] == head == r.data.tags["git.commit"]
         assert r.data.tags["git.dirty"] == "false"
         assert r.data.tags["dvc.out.models/ddsp"] == revs[name]["outs"]["models/ddsp"]["hash"]
         assert r.info.artifact_uri.startswith((built / "mlartifacts").resolve().as_uri())
         with tempfile.TemporaryDirectory() as tmp:
             payload = torch.load(client.download_artifacts(r.info.run_id, "model/model.pt", tmp), weights_only=True)
-        assert payload["model_type"] == "ddsp" and payload["train_config"]["lr"] == lr_of[name]
+        assert payload["model_type"] == "ddsp" and payload["train_config"]["model"]["lr"] == lr_of[name]
 
 
 def test_local_remote_push_then_clone_and_pull(built, tmp_path):
-    remote = tmp_path / "remote"
-    dvc(built, "remote", "add", "-d", "local", str(remote))
-    pushed = dvc(built, "push").stdout
-    assert re.search(r"\d+ files? pushed", pushed), pushed
-    assert any(path.is_file() for path in (remote / "files" / "md5").rglob("*"))
-    run(["git", "add", ".dvc/config"], built)
-    run(["git", "commit", "-q", "-m", "DVC remote: local directory"], built)
+    """The README's dvc-remote block as one bash script (the remote, the repository and the clone's folder
+    substituted): push, commit the remote's config, clone, pull, status."""
+    import subprocess
 
-    clone = tmp_path / "clone"
-    run(["git", "clone", "-q", str(built), str(clone)], tmp_path)
-    assert not (clone / "models/ddsp").exists()
+    remote, clone = tmp_path / "remote", tmp_path / "clone"
+    script = readme.block("dvc-remote", {"/path/to/dvc-remote": str(remote), "<repository>": str(built),
+                                         "elsewhere": str(clone)})
+    assert not (built / ".dvc" / "config.local").exists()
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=built, env=tool_env(built),
+                          capture_output=True, text=True, timeout=900)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert re.search(r"\d+ files? pushed", output), output
+    assert any(path.is_file() for path in (remote / "files" / "md5").rglob("*"))
+    assert "ERROR" not in output, output
+    assert output.rstrip().endswith(UP_TO_DATE), output[-2000:]     # the clone's `dvc status`, the last line
     config = (clone / ".dvc" / "config").read_text()
     assert "reflink,hardlink" in config and "remote = local" in config
-    pulled = dvc(clone, "pull")
-    assert "ERROR" not in pulled.stdout + pulled.stderr, pulled.stderr
-    assert UP_TO_DATE in dvc(clone, "status").stdout
 
     # Every output dvc.lock records is back, byte for byte; the metrics (in git) came with the clone.
     outs = tracking.lock_outs(clone)

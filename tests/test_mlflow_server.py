@@ -1,6 +1,8 @@
-"""A real MLflow tracking server (sqlite store, proxied artifacts) on 127.0.0.1: a tiny training logs
-to it over HTTP, and the run is read back through the server's REST API with plain urllib; and
-`make mlflow-ui` starts. Every server is started as its own process group and killed at teardown."""
+"""A real MLflow tracking server (sqlite store, proxied artifacts) on 127.0.0.1, started and used with the
+README's mlflow-server block (tests/readme.py): the tiny pipeline up to train_ddsp and a second training log
+to it over HTTP, and the runs are read back through the server's REST API with plain urllib; the README's
+best-run command; and `make mlflow-ui` starts. Every server is started as its own process group and killed
+at teardown."""
 
 from __future__ import annotations
 
@@ -22,13 +24,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BIN, REPO, copy_repository, run, tool_env
+import readme
+from conftest import BIN, REPO, copy_repository, run, set_default_profile, tool_env
 
 pytestmark = pytest.mark.slow
 
 HOST = "127.0.0.1"
-# MLflow's GenAI job runner (a handful of huey processes) is not needed to track runs.
-SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+DOCUMENTED_PORT = "5000"
 
 
 def free_port() -> int:
@@ -95,36 +97,48 @@ def rest(base: str, endpoint: str, body: dict | None = None, **query: str) -> di
 # A tracking server with a database and proxied artifacts, and a tiny training logging to it
 
 
+def _port_substitution(port: int) -> dict[str, str]:
+    return {f"--port {DOCUMENTED_PORT}": f"--port {port}", f"{HOST}:{DOCUMENTED_PORT}": f"{HOST}:{port}"}
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
-    """``(base URL, artifacts destination)`` of an `mlflow server` over sqlite whose clients upload and
-    download artifacts through it (``--artifacts-destination``: experiments get ``mlflow-artifacts:/``)."""
+    """``(base URL, artifacts destination)`` of the README's `mlflow server` line, with HOME a temporary
+    folder and a free port: a sqlite store whose clients upload and download artifacts through the server
+    (``--artifacts-destination``: experiments get ``mlflow-artifacts:/``)."""
     home = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-           "--serve-artifacts", "--artifacts-destination", str(home / "artifacts"),
-           "--host", HOST, "--port", str(port), "--workers", "1"]
-    env = {**tool_env(home), **SERVER_ENV}
-    with serving(cmd, port, home / "server.log", home, env) as base:
-        yield base, home / "artifacts"
+    env = {**tool_env(home), "HOME": str(home)}
+    served = readme.command("mlflow-server", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server",
+                            _port_substitution(port), env)
+    assert served.env == {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}   # no GenAI job runner processes
+    cmd = [str(BIN / served.argv[0]), *served.argv[1:]]
+    with serving(cmd, port, home / "server.log", home, {**env, **served.env}) as base:
+        yield base, home / "mlflow" / "artifacts"
 
 
 @pytest.fixture(scope="module")
 def trained(server, tmp_path_factory):
-    """A copy of the repository with the tiny profile's features, and one `timbrelab-train
-    stage=train_ddsp profile=tiny` run against the server. Returns ``(repo, run, experiment)``."""
+    """A copy of the repository on the tiny profile and the README's lines against the server: `export
+    MLFLOW_TRACKING_URI=...`, `dvc repro train_ddsp` and a second training with timbrelab-train. Returns
+    ``(repo, the second training's run, experiment, the pipeline's train_ddsp run)``."""
     base, _ = server
+    port = base.rsplit(":", 1)[1]
     repo = copy_repository(tmp_path_factory.mktemp("served") / "timbrelab")
-    run([str(BIN / "timbrelab"), "params", "profile=tiny"], repo)
-    run(["git", "commit", "-q", "-am", "tiny profile"], repo)
-    served = {"MLFLOW_TRACKING_URI": base}
-    run([str(BIN / "dvc"), "repro", "features"], repo, extra_env=served)
-    run([str(BIN / "timbrelab-train"), "stage=train_ddsp", "profile=tiny"], repo, extra_env=served)
+    set_default_profile(repo, "tiny")
+    lines = readme.commands("mlflow-server", _port_substitution(int(port)))
+    export = next(c for c in lines if c.argv[0] == "export")
+    key, _, uri = export.argv[1].partition("=")
+    assert (key, uri) == ("MLFLOW_TRACKING_URI", base)
+    for command in lines:
+        if command.argv[0] in ("dvc", "timbrelab-train"):
+            run([str(BIN / command.argv[0]), *command.argv[1:]], repo, extra_env={key: uri})
     experiment = rest(base, "experiments/get-by-name", experiment_name="timbrelab")["experiment"]
     runs = rest(base, "runs/search", {"experiment_ids": [experiment["experiment_id"]],
-                                      "filter": "tags.stage = 'train_ddsp'"}).get("runs", [])
-    assert len(runs) == 1, runs
-    return repo, runs[0], experiment
+                                      "filter": "tags.stage = 'train_ddsp'",
+                                      "order_by": ["attributes.start_time ASC"]}).get("runs", [])
+    assert len(runs) == 2, runs
+    return repo, runs[1], experiment, runs[0]
 
 
 def _by_key(entries: list[dict]) -> dict[str, object]:
@@ -133,7 +147,7 @@ def _by_key(entries: list[dict]) -> dict[str, object]:
 
 def test_training_logs_to_the_server(trained, server):
     base, _ = server
-    repo, found, experiment = trained
+    repo, found, experiment, _ = trained
     # Created by timbrelab.tracking without a local artifact location: the server proxies artifacts.
     assert experiment["artifact_location"].startswith("mlflow-artifacts:/")
     assert found["info"]["status"] == "FINISHED"
@@ -141,12 +155,14 @@ def test_training_logs_to_the_server(trained, server):
     tags, params, metrics = (_by_key(found["data"].get(kind, [])) for kind in ("tags", "params", "metrics"))
     head = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
     assert tags["stage"] == "train_ddsp" and tags["git.commit"] == head and tags["git.dirty"] == "false"
-    assert tags["hydra.overrides"] == "stage=train_ddsp profile=tiny"
-    # `dvc repro features` logged to the server too, and training links to the run that made its input.
+    assert tags["hydra.overrides"] == "stage=train_ddsp train_ddsp.model.lr=3e-4"
+    # `dvc repro train_ddsp` logged every stage to the server; both trainings link to the features run.
     features = rest(base, "runs/search", {"experiment_ids": [experiment["experiment_id"]],
                                           "filter": "tags.stage = 'features'"})["runs"]
     assert [r["info"]["run_id"] for r in features] == [tags["run.features"]]
-    assert params["max_steps"] == "20" and params["preset"] == "tiny"
+    assert _by_key(trained[3]["data"]["tags"])["run.features"] == tags["run.features"]
+    assert _by_key(trained[3]["data"]["params"])["model.lr"] == "0.001" and params["model.lr"] == "0.0003"
+    assert params["max_steps"] == "20" and params["model.preset"] == "tiny"
     local = json.loads((repo / "models/ddsp/metrics.json").read_text())
     assert metrics["steps"] == local["steps"] == 20
     assert metrics["val/loss_best"] == pytest.approx(local["val/loss_best"])
@@ -157,7 +173,7 @@ def test_model_round_trips_through_the_server(trained, server):
     import torch
 
     base, artifacts = server
-    repo, found, experiment = trained
+    repo, found, experiment, _ = trained
     run_id, experiment_id = found["info"]["run_id"], experiment["experiment_id"]
     listed = rest(base, "artifacts/list", run_id=run_id, path="model")
     local = (repo / "models/ddsp/model.pt").read_bytes()
@@ -169,7 +185,7 @@ def test_model_round_trips_through_the_server(trained, server):
     via_proxy = _request(base, f"/api/2.0/mlflow-artifacts/artifacts/{experiment_id}/{run_id}/artifacts/model/model.pt")
     assert via_ui == via_proxy == local
     payload = torch.load(io.BytesIO(via_proxy), weights_only=True)
-    assert payload["model_type"] == "ddsp" and payload["train_config"]["preset"] == "tiny"
+    assert payload["model_type"] == "ddsp" and payload["train_config"]["model"]["preset"] == "tiny"
     # Uploaded over HTTP into the server's destination; nothing went to a store in the repository.
     assert (artifacts / experiment_id / run_id / "artifacts/model/model.pt").read_bytes() == local
     assert not (repo / "mlartifacts").exists() and not (repo / "mlflow.db").exists() and not (repo / "mlruns").exists()
@@ -177,25 +193,21 @@ def test_model_round_trips_through_the_server(trained, server):
     assert [v["run_id"] for v in registered["latest_versions"]] == [run_id]
 
 
-def _readme_command(marker: str) -> list[str]:
-    """The README's one command line containing ``marker``, split as a shell would."""
-    lines = [line.strip() for line in (REPO / "README.md").read_text().splitlines() if marker in line]
-    assert len(lines) == 1, f"README.md: expected one line with {marker!r}, found {len(lines)}"
-    return shlex.split(lines[0].split("  # ")[0])
-
-
 def test_readme_best_run_command_and_transfer_by_run_id(trained, server, tmp_path):
     base, _ = server
-    repo, found, _ = trained
+    repo, second, _, first = trained
     env = {"MLFLOW_TRACKING_URI": base}
-    best = _readme_command("search_runs(")
-    assert best[0] == "python"
-    out = run([sys.executable, *best[1:]], repo, extra_env=env).stdout.split()
-    run_id = found["info"]["run_id"]
-    assert out[0] == run_id and float(out[1]) == pytest.approx(_by_key(found["data"]["metrics"])["val/loss_best"])
+    best = readme.command("best-run", "python -c", {"<the printed run id>": "RUN_ID"})
+    assert best.argv[0] == "python"
+    out = run([sys.executable, *best.argv[1:]], repo, extra_env=env).stdout.split()
+    loss = {r["info"]["run_id"]: _by_key(r["data"]["metrics"])["val/loss_best"] for r in (first, second)}
+    run_id = min(loss, key=loss.get)
+    assert out[0] == run_id and float(out[1]) == pytest.approx(loss[run_id])
     clip = min((repo / "data/raw/source").glob("*.wav"))
     wav = tmp_path / "out.wav"
-    run([str(BIN / "timbrelab"), "transfer", str(clip), "--run-id", run_id, "-o", str(wav)], repo, extra_env=env)
+    play = readme.command("best-run", "timbrelab transfer", {"<the printed run id>": run_id, "in.wav": str(clip),
+                                                             "out.wav": str(wav)})
+    run([str(BIN / play.argv[0]), *play.argv[1:]], repo, extra_env=env)
     import soundfile
 
     info = soundfile.info(str(wav))
@@ -210,8 +222,10 @@ def test_make_mlflow_ui_serves_on_localhost(tmp_path):
     """The command line `make mlflow-ui` runs (read with `make -n`, the venv assumed set up), on a free port."""
     port = free_port()
     venv = Path(sys.executable).parent.parent
-    printed = subprocess.run(["make", "--no-print-directory", "-s", "-n", "-f", str(REPO / "Makefile"),
-                              "-o", str(venv / ".timbrelab-installed"), "mlflow-ui", f"VENV={venv}",
+    documented = readme.command("mlflow-ui", "make mlflow-ui").argv
+    assert documented == ["make", "mlflow-ui"]
+    printed = subprocess.run([documented[0], "--no-print-directory", "-s", "-n", "-f", str(REPO / "Makefile"),
+                              "-o", str(venv / ".timbrelab-installed"), *documented[1:], f"VENV={venv}",
                               f"MLFLOW_PORT={port}"], cwd=tmp_path, capture_output=True, text=True, check=True)
     lines = printed.stdout.strip().splitlines()
     assert len(lines) == 1, printed.stdout

@@ -270,7 +270,7 @@ def test_train_ddsp_stage_output(tiny_repo):
     for key in ("gap", "baseline/val_loss", "margin"):
         assert key in metrics
     payload = torch.load(out / "model.pt", weights_only=True)
-    assert payload["train_config"]["preset"] == "tiny"
+    assert payload["train_config"]["model"]["preset"] == "tiny"
     model = load_model(out / "model.pt")
     audio = model(torch.full((1, 101), 220.0), torch.full((1, 101), -30.0), 6400)
     assert audio.shape == (1, 6400) and torch.isfinite(audio).all()

@@ -17,7 +17,7 @@ import torch
 from timbrelab.dsp.loudness import a_weighted_loudness
 from timbrelab.errors import TimbrelabError
 from timbrelab.training import ddsp_eval
-from timbrelab.training.ddsp import DDSPTrainConfig, config_hash, load_model, train
+from timbrelab.training.ddsp import DDSPModelParams, DDSPTrainConfig, config_hash, load_model, train
 
 SR, HOP, CQT_HOP, N_BINS = 16000, 64, 256, 6
 N = SR                                   # 1 s clips
@@ -68,7 +68,8 @@ def features(tmp_path_factory) -> Path:
 
 
 def config(tmp_path: Path, **kw) -> DDSPTrainConfig:
-    base = {"domain": "cello", "preset": "tiny", "lr": 3e-3, "batch_size": 4, "crop_seconds": 0.5, "max_steps": 30,
+    model = {"preset": "tiny", "lr": 3e-3, **kw.pop("model", {})}
+    base = {"domain": "cello", "model": DDSPModelParams(**model), "batch_size": 4, "crop_seconds": 0.5, "max_steps": 30,
             "val_every_steps": 10, "baseline_steps": 20, "checkpoint_root": str(tmp_path / "cache")}
     return DDSPTrainConfig(**{**base, **kw})
 
@@ -119,10 +120,15 @@ def test_resume_continues_and_hash_dirs_are_checked(features, tmp_path):
     assert second["hash"] == first["hash"] and second["steps"] == 20
     assert [int(r["step"]) for r in curve_rows(tmp_path / "b")] == [10, 20]   # step 10's row came from the ckpt
     assert torch.load(ckpt, weights_only=False)["global_step"] == 20
+    # A finished run started again trains nothing and writes the same outputs (DVC hashes them).
+    again = train(replace(cfg, max_steps=20), tmp_path / "b2", features_root=features, progress=False)
+    assert again["steps"] == 20 and again["trainer/world_size"] == 1
+    for name in ("metrics.json", "curves.csv", "model.pt"):
+        assert (tmp_path / "b2" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
-    other = train(replace(cfg, lr=1e-3), tmp_path / "c", features_root=features, progress=False)
+    other = train(replace(cfg, model=replace(cfg.model, lr=1e-3)), tmp_path / "c", features_root=features, progress=False)
     assert other["hash"] != first["hash"] and other["steps"] == 10
-    assert config_hash(cfg) != config_hash(replace(cfg, lr=1e-3))
+    assert config_hash(cfg) != config_hash(replace(cfg, model=replace(cfg.model, lr=1e-3)))
     assert config_hash(cfg) == config_hash(replace(cfg, max_steps=99, num_workers=2))
 
     stored = Path(first["checkpoint_dir"]) / "config.json"

@@ -20,7 +20,7 @@ from timbrelab.config import FeaturesConfig
 from timbrelab.data.features import LOUDNESS_BINS, _quantiles
 from timbrelab.errors import AudioError, ConfigError, TimbrelabError
 from timbrelab.models.ddsp import DDSP, PRESETS
-from timbrelab.training.ddsp import CHECKPOINT_FORMAT, MODEL_TYPE, DDSPTrainConfig
+from timbrelab.training.ddsp import CHECKPOINT_FORMAT, MODEL_TYPE, DDSPModelParams, DDSPTrainConfig
 
 SR = 16000
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def save_payload(path: Path, model: DDSP, stats: dict, **changes) -> Path:
     """model.pt written the way training.ddsp.train writes it (through memory, plain containers)."""
     payload = {"model_type": MODEL_TYPE, "format": CHECKPOINT_FORMAT,
                "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
-               "model_config": asdict(model.cfg), "train_config": asdict(DDSPTrainConfig(preset="tiny")),
+               "model_config": asdict(model.cfg), "train_config": asdict(DDSPTrainConfig(model=DDSPModelParams(preset="tiny"))),
                "stats": stats, "hash": "0123456789ab", **changes}
     blob = io.BytesIO()
     torch.save(payload, blob)

@@ -54,6 +54,22 @@ def objective_value(stage: str, objective: str | None, metrics: dict[str, float]
     return None
 
 
+def check_ddp_in_sweep(params: dict[str, Any], stage: str, *, multirun: bool) -> None:
+    """Refuse a multi-process trainer in a sweep whose ranks Lightning would start itself: its launcher
+    re-runs the command line for every other rank, and under ``-m`` that line is the whole sweep, so each
+    child would start the sweep again. Fine when SLURM (hydra/launcher=slurm) or torchrun started the ranks."""
+    from timbrelab.distributed import launched_externally
+
+    trainer = (params.get(stage) or {}).get("trainer") or {}
+    world = int(trainer.get("devices", 1)) * int(trainer.get("num_nodes", 1))
+    if multirun and world > 1 and not launched_externally():
+        raise TimbrelabError(
+            f"{stage}.trainer asks for {world} processes (DDP) inside a `timbrelab-train -m` sweep: Lightning would "
+            "start the other ranks by re-running this command line, i.e. the whole sweep again. Run each point as "
+            "a single run, queue DVC experiments (`dvc exp run --queue -S trainer=ddp ...`), or sweep on SLURM "
+            "with hydra/launcher=slurm (one task per device); README: Scaling out")
+
+
 def _job(cfg) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
@@ -70,6 +86,7 @@ def _job(cfg) -> float | None:
     sweeper = _multirun_sweeper(hydra_cfg)
     required = sweeper is not None and not str(sweeper.get("_target_", "")).endswith("BasicSweeper")
     try:
+        check_ddp_in_sweep(params, stage, multirun=sweeper is not None)
         module = stage_module(stage)
         result = execute_stage(stage, module.SCHEMAS, module.run, params=params, extra_tags=tags)
         return objective_value(stage, objective, result.metrics, required=required)

@@ -262,21 +262,39 @@ def seed_worker(worker_id: int) -> None:
 
 class EpochSampler(Sampler):
     """Yields ``(epoch, index)`` keys over ``range(n)``: a permutation seeded by ``(seed, epoch)`` when
-    ``shuffle``, else in order. Lightning calls :meth:`set_epoch` at every epoch start."""
+    ``shuffle``, else in order. Lightning calls :meth:`set_epoch` at every epoch start.
 
-    def __init__(self, n: int, seed: int = 0, shuffle: bool = True):
+    With ``world_size`` > 1 (DDP) every rank takes the same permutation and keeps every ``world_size``-th
+    key from its ``rank`` on, after dropping the ``n % world_size`` last ones: disjoint shards of equal length
+    (no item repeated to even them out). ``handed`` lists the keys handed out so far in the current pass."""
+
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1):
         self.n, self.seed, self.shuffle, self.epoch = int(n), _check_seed(seed), shuffle, 0
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside a world of {world_size} processes")
+        if world_size > self.n:
+            raise TimbrelabError(f"{world_size} training processes but only {self.n} training items: every "
+                                 f"process needs at least one; use fewer devices or more data")
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.handed: list[tuple[int, int]] = []
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return self.n
+        return self.n // self.world_size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = _rng(self.seed, self.epoch, _SHUFFLE).permutation(self.n) if self.shuffle else range(self.n)
-        epoch = self.epoch
-        return iter([(epoch, int(i)) for i in order])
+        if self.world_size > 1:
+            order = order[: len(self) * self.world_size][self.rank :: self.world_size]
+        self.handed = []
+        return self._hand_out([(self.epoch, int(i)) for i in order])
+
+    def _hand_out(self, keys: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+        for key in keys:
+            self.handed.append(key)
+            yield key
 
 
 class _EpochDataset(Dataset):
@@ -515,11 +533,19 @@ class _FeatureDataModule(LightningDataModule):
         dataset = self._dataset(split)
         return DataLoader(
             dataset, batch_size=self.batch_size,
-            sampler=EpochSampler(len(dataset), self.seed) if split == "train" else None,
+            sampler=EpochSampler(len(dataset), self.seed, **self._shard()) if split == "train" else None,
             num_workers=self.num_workers, worker_init_fn=seed_worker,
             generator=torch.Generator().manual_seed(self.seed),
             persistent_workers=self.num_workers > 0, drop_last=False,
         )
+
+    def _shard(self) -> dict[str, int]:
+        """This process's share of the train split: its rank and the world size of the trainer the module is
+        attached to (Lightning sets ``self.trainer`` before it asks for loaders); the whole split otherwise."""
+        trainer = self.trainer
+        if trainer is None:
+            return {"rank": 0, "world_size": 1}
+        return {"rank": int(trainer.global_rank), "world_size": int(trainer.world_size)}
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

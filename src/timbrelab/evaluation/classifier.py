@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from timbrelab.data.datasets import FeatureSplit, cqt_normaliser
 from timbrelab.config import from_known_keys
@@ -241,7 +242,7 @@ def _train_batch(splits: Sequence[FeatureSplit], patch_frames: int, batch_size: 
 # ----------------------------------------------------------------------------------------------- train
 
 def train_classifier(features_root: str | os.PathLike, domains: Sequence[str], cfg: ClassifierConfig | None = None,
-                     seed: int = 0) -> tuple[TimbreClassifier, dict[str, Any]]:
+                     seed: int = 0, progress: bool = True) -> tuple[TimbreClassifier, dict[str, Any]]:
     """Train on ``<features_root>/<domain>/train`` of each domain, judge on its ``test`` split.
 
     Returns the model (eval mode, CPU) and metrics: ``domains``, ``steps``, ``train/loss_final`` (mean of
@@ -261,7 +262,7 @@ def train_classifier(features_root: str | os.PathLike, domains: Sequence[str], c
         torch.manual_seed(seed)
         model = TimbreClassifier(list(domains), grid["n_bins"], cfg.patch_frames, cfg.channels, cfg.embed_dim,
                                  pooled_cqt_std(train))
-        losses = _fit(model, list(train.values()), cfg, seed)
+        losses = _fit(model, list(train.values()), cfg, seed, progress)
     model.grid = grid
     tail = losses[-max(1, len(losses) // 10):]
     metrics = {"domains": list(model.domains), "steps": cfg.steps, "train/loss_final": float(np.mean(tail)),
@@ -269,14 +270,16 @@ def train_classifier(features_root: str | os.PathLike, domains: Sequence[str], c
     return model, metrics
 
 
-def _fit(model: TimbreClassifier, splits: list[FeatureSplit], cfg: ClassifierConfig, seed: int) -> list[float]:
+def _fit(model: TimbreClassifier, splits: list[FeatureSplit], cfg: ClassifierConfig, seed: int,
+         progress: bool = True) -> list[float]:
     """Adam(W) with a cosine decay over ``cfg.steps`` balanced batches; returns the per-step losses."""
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=cfg.steps)
     loss_fn = nn.CrossEntropyLoss()
     losses = []
     model.train()
-    for step in range(cfg.steps):
+    bar = tqdm(range(cfg.steps), desc="train classifier", unit="step", disable=not progress)
+    for step in bar:
         patches, labels = _train_batch(splits, cfg.patch_frames, cfg.batch_size, seed, step)
         loss = loss_fn(model(patches), labels)
         optimiser.zero_grad(set_to_none=True)
@@ -284,6 +287,8 @@ def _fit(model: TimbreClassifier, splits: list[FeatureSplit], cfg: ClassifierCon
         optimiser.step()
         schedule.step()
         losses.append(float(loss.detach()))
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
     return losses
 
 

@@ -175,12 +175,16 @@ def run_gru(gru: nn.GRU, x: Tensor, state: Tensor | None = None) -> tuple[Tensor
     if state is None:
         state = x.new_zeros(gru.num_layers, x.shape[0], gru.hidden_size)
     finals = []
-    for layer in range(gru.num_layers):
-        w_ih, w_hh, b_ih, b_hh = (getattr(gru, f"{name}_l{layer}")
-                                  for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-        input_gates = nn.functional.linear(x, w_ih, b_ih)                          # (B, T, 3H), one product
-        x, final = _GRULayer.apply(input_gates, state[layer], w_hh, b_hh)
-        finals.append(final)
+    # The recurrence in float32 also under mixed precision (CPU autocast would hand it bf16 gates and float32
+    # weights); a long scan is where low precision accumulates.
+    with torch.autocast(x.device.type, enabled=False):
+        x, state = x.float(), state.float()
+        for layer in range(gru.num_layers):
+            w_ih, w_hh, b_ih, b_hh = (getattr(gru, f"{name}_l{layer}")
+                                      for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            input_gates = nn.functional.linear(x, w_ih, b_ih)                      # (B, T, 3H), one product
+            x, final = _GRULayer.apply(input_gates, state[layer], w_hh, b_hh)
+            finals.append(final)
     return x, torch.stack(finals)
 
 

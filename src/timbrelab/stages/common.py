@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from timbrelab import config as config_mod
-from timbrelab import tracking
+from timbrelab import distributed, tracking
 from timbrelab.errors import TimbrelabError, run_main
 from timbrelab.fsutil import atomic_dir, atomic_write_json, round_floats
 
@@ -73,6 +73,9 @@ def execute_stage(stage: str, schemas: Any, body: Callable[[Any, Path], StageRes
     started = time.perf_counter()
     root = tracking.repo_root()
     cfg = config_mod.load_stage_config(params_section or stage.partition("@")[0], schemas, params)
+    if not distributed.is_primary():
+        # Another rank of a distributed training: it trains, rank 0 keeps the run, the outputs and the summary.
+        return body(cfg, root)
     with tracking.stage_run(stage, dataclasses.asdict(cfg), extra_tags=extra_tags, link_paths=link_paths) as run:
         result = body(cfg, root)
         elapsed = time.perf_counter() - started

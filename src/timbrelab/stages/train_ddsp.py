@@ -36,16 +36,18 @@ def run(cfg: DDSPTrainConfig, root: Path) -> StageResult:
         metrics=metrics,
         # model.pt is logged by train() under model/, the registered version's source.
         artifacts=[root / OUT / "curves.csv"],
-        summary=_summary(cfg, metrics, result.get("registered_model")),
+        summary=_summary(cfg, metrics, result.get("registered_model"), result.get("backend")),
     )
 
 
-def _summary(cfg: DDSPTrainConfig, metrics: dict[str, float], registered: str | None) -> str:
+def _summary(cfg: DDSPTrainConfig, metrics: dict[str, float], registered: str | None, backend: str | None) -> str:
     def num(key: str) -> str:
         value = metrics.get(key)
         return f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"
 
-    return (f"trained DDSP ({cfg.preset}) on {cfg.domain} for {metrics.get('steps', '?')} steps: best val loss "
+    world = int(metrics.get("trainer/world_size", 1))
+    where = f" on {world} processes ({cfg.trainer.strategy}, {backend})" if world > 1 else ""
+    return (f"trained DDSP ({cfg.model.preset}) on {cfg.domain} for {metrics.get('steps', '?')} steps{where}: best val loss "
             f"{num('val/loss_best')} (baseline {num('baseline/val_loss')}); test loss {num('test/loss')} "
             f"(baseline {num('baseline/test_loss')}, margin {num('test/margin')}), resynthesis f0 within 50 cents "
             f"on {num('test/f0_within_50c')} of voiced frames; written to {OUT}"

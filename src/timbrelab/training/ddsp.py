@@ -14,6 +14,10 @@
   ``train/loss`` / ``val/loss``, the final metrics, ``model/model.pt``, ``resynthesis/`` WAVs and PNGs of a few
   test clips, and a new version of the registered model ``timbrelab-ddsp-<domain>`` (source
   ``runs:/<run>/model``). Fetch it with ``timbrelab.training.ddsp_eval.fetch_model("models:/timbrelab-ddsp-cello/latest")``.
+* Where it runs: ``cfg.trainer`` (:mod:`timbrelab.training.trainer`: one process, a GPU in bf16, DDP over GPUs,
+  nodes or CPU processes). Under DDP every rank trains on its own shard of the train split; only rank 0
+  writes checkpoints, outputs and MLflow records, the others return ``{"rank": r, ...}`` after the fit.
+  The metrics say how many processes trained and whether any item was handed to two (``trainer/*``).
 * :func:`load_checkpoint` / :func:`load_model`: ``model.pt`` -> :class:`~timbrelab.models.ddsp.DDSP` (+ payload).
 
 Determinism: ``seed_everything(seed, workers=True)``, ``Trainer(deterministic=True)``, seeded DataModule, and
@@ -31,7 +35,7 @@ import itertools
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +48,6 @@ from lightning.pytorch.loggers import MLFlowLogger
 from timbrelab import tracking
 from timbrelab.data.datasets import DDSPDataModule
 from timbrelab.dsp.spectral import MultiScaleSpectralLoss
-from timbrelab.config import from_known_keys
 from timbrelab.errors import ConfigError, TimbrelabError
 from timbrelab.fsutil import (
     atomic_path,
@@ -61,6 +64,7 @@ from timbrelab.models.ddsp import (
     AverageSpectrumBaseline,
     DDSPModelConfig,
 )
+from timbrelab.training.trainer import ShardCheck, TrainerConfig
 from timbrelab.training.ddsp_eval import (
     MODEL_ARTIFACT_DIR,
     load_test_batches,
@@ -84,10 +88,11 @@ CHECKPOINT_FORMAT = 1
 
 
 @dataclass
-class DDSPTrainConfig:
-    domain: str = "cello"
+class DDSPModelParams:
+    """``train_ddsp.model``: what is learned, the preset with its overrides (None: the preset's value) and
+    the optimiser's learning rate."""
+
     preset: str = "demo"
-    # model overrides of the preset (None: the preset's value)
     hidden: int | None = None
     n_harmonics: int | None = None
     n_noise_bands: int | None = None
@@ -96,7 +101,20 @@ class DDSPTrainConfig:
     reverb_seconds: float | None = None
     z_dim: int | None = None
     lr: float = 1e-3
-    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ConfigError(f"train_ddsp.model.preset={self.preset!r} is not one of {sorted(PRESETS)}")
+        if isinstance(self.lr, bool) or not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr)
+                                             and self.lr > 0):
+            raise ConfigError(f"train_ddsp.model.lr must be a finite number > 0, found {self.lr!r}")
+
+
+@dataclass
+class DDSPTrainConfig:
+    domain: str = "cello"
+    model: DDSPModelParams = field(default_factory=DDSPModelParams)
+    batch_size: int = 8          # per process (under DDP the effective batch is batch_size x world size)
     crop_seconds: float | None = 2.0
     max_steps: int = 2000
     val_every_steps: int = 200
@@ -104,32 +122,29 @@ class DDSPTrainConfig:
     num_workers: int = 0
     baseline_steps: int = 300
     checkpoint_root: str = "models/cache/ddsp"
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise ConfigError(f"train_ddsp.preset={self.preset!r} is not one of {sorted(PRESETS)}")
+        if isinstance(self.model, dict):
+            self.model = DDSPModelParams(**self.model)
+        if isinstance(self.trainer, dict):
+            self.trainer = TrainerConfig(**self.trainer)
         for name in ("max_steps", "val_every_steps", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"train_ddsp.{name} must be a positive integer, found {value!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"train_ddsp.lr must be a finite number > 0, found {self.lr!r}")
         if isinstance(self.baseline_steps, bool) or not isinstance(self.baseline_steps, int) or self.baseline_steps < 0:
             raise ConfigError(f"train_ddsp.baseline_steps must be an integer >= 0, found {self.baseline_steps!r}")
 
-    @classmethod
-    def from_dict(cls, params: dict[str, Any]) -> DDSPTrainConfig:
-        return from_known_keys(cls, params, "train_ddsp")
-
     def model_config(self, stats: dict[str, Any] | None = None) -> DDSPModelConfig:
         """The preset with the overrides, on the features' grid (sample_rate, frame_hop) when stats are given."""
-        changes = {name: getattr(self, name) for name in MODEL_OVERRIDES if getattr(self, name) is not None}
+        changes = {name: getattr(self.model, name) for name in MODEL_OVERRIDES if getattr(self.model, name) is not None}
         if stats is not None:
             changes.update(sample_rate=int(stats["sample_rate"]), hop=int(stats["frame_hop"]))
         try:
-            return PRESETS[self.preset].replace(**changes)
+            return PRESETS[self.model.preset].replace(**changes)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"ddsp model overrides {changes}: {exc}") from exc
+            raise ConfigError(f"train_ddsp.model overrides {changes}: {exc}") from exc
 
 
 def data_fingerprint(features_root: Path, domain: str) -> str:
@@ -144,8 +159,15 @@ def data_fingerprint(features_root: Path, domain: str) -> str:
 def operative_config(cfg: DDSPTrainConfig, stats: dict[str, Any] | None = None,
                      data: str | None = None) -> dict[str, Any]:
     """What the hash covers: the resolved model config and every field that changes the weights."""
-    train = {k: v for k, v in asdict(cfg).items() if k not in NOT_HASHED and k not in MODEL_OVERRIDES}
-    return {"version": HASH_VERSION, "train": train, "model": asdict(cfg.model_config(stats)), "data": data}
+    # The layout of the first config (flat train fields, preset and lr among them), so that caches made
+    # before the model/trainer sections existed keep their key.
+    flat = {**{k: v for k, v in asdict(cfg).items() if k not in ("model", "trainer")},
+            "preset": cfg.model.preset, "lr": cfg.model.lr}
+    train = {k: v for k, v in flat.items() if k not in NOT_HASHED}
+    operative = {"version": HASH_VERSION, "train": train, "model": asdict(cfg.model_config(stats)), "data": data}
+    if cfg.trainer.operative():
+        operative["trainer"] = cfg.trainer.operative()
+    return operative
 
 
 def config_hash(cfg: DDSPTrainConfig, stats: dict[str, Any] | None = None, data: str | None = None) -> str:
@@ -181,8 +203,9 @@ class DDSPLightningModule(LightningModule):
         pred = self(batch, self._gen(batch["audio"].device, -1 - batch_idx))
         terms = self.loss.terms(pred, batch["audio"])
         total = terms.pop("val/total")
-        self.log("val/loss", total, prog_bar=True, on_epoch=True, batch_size=len(pred))
-        self.log_dict(terms, on_epoch=True, batch_size=len(pred))
+        # sync_dist: under DDP every rank validates the whole split, so the mean is the same value.
+        self.log("val/loss", total, prog_bar=True, on_epoch=True, batch_size=len(pred), sync_dist=True)
+        self.log_dict(terms, on_epoch=True, batch_size=len(pred), sync_dist=True)
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.model.parameters(), lr=self.lr)
@@ -296,9 +319,11 @@ def train(cfg: DDSPTrainConfig, out_dir: str | os.PathLike, *, features_root: st
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     _check_cache(ckpt_dir, expected)
 
-    module = DDSPLightningModule(model_cfg, stats, cfg.lr, cfg.seed)
+    module = DDSPLightningModule(model_cfg, stats, cfg.model.lr, cfg.seed)
     dm.setup("fit")
     val_batches = list(dm.val_dataloader())
+    # Before fit, while the data module is not attached to a (possibly distributed) trainer: the whole split.
+    baseline_batches = list(itertools.islice(iter(dm.train_dataloader()), 8)) if cfg.baseline_steps else []
     initial_val = _evaluate(module.model, val_batches, cfg.seed)
     module.model.train()
 
@@ -306,28 +331,33 @@ def train(cfg: DDSPTrainConfig, out_dir: str | os.PathLike, *, features_root: st
     resume = last if last.is_file() else None
     best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
                               save_last=True, enable_version_counter=False)
-    curves = CurveRecorder()
+    curves, shards = CurveRecorder(), ShardCheck()
     logger: Any = False
     if mlflow_run_id is not None:
         logger = AttachedMLFlowLogger(experiment_name=tracking.EXPERIMENT_NAME, tracking_uri=tracking.tracking_uri(),
                                       run_id=mlflow_run_id)
     trainer = Trainer(
-        accelerator="auto", devices=1, max_steps=cfg.max_steps, max_epochs=-1,
+        **cfg.trainer.kwargs(), max_steps=cfg.max_steps, max_epochs=-1,
         val_check_interval=cfg.val_every_steps, check_val_every_n_epoch=None, num_sanity_val_steps=0,
-        callbacks=[best_cb, curves], logger=logger, enable_checkpointing=True,
+        callbacks=[best_cb, curves, shards], logger=logger, enable_checkpointing=True,
         log_every_n_steps=min(10, cfg.val_every_steps), enable_progress_bar=progress, enable_model_summary=progress,
         deterministic=True, default_root_dir=str(ckpt_dir),
     )
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
     # The last step need not be a validation step: always leave last.ckpt at the final step (atomically).
-    with atomic_path(last) as tmp:
-        trainer.save_checkpoint(tmp)
+    # Every rank calls save_checkpoint (it ends in a barrier); only rank 0 writes.
+    if trainer.is_global_zero:
+        with atomic_path(last) as tmp:
+            trainer.save_checkpoint(tmp, weights_only=False)
+    else:
+        trainer.save_checkpoint(last, weights_only=False)
+        return {"rank": trainer.global_rank}
     steps = int(trainer.global_step)
 
     best_path = ckpt_dir / "best.ckpt"
     export = module.model
     if best_path.is_file():
-        ckpt = torch.load(best_path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(best_path, map_location="cpu", weights_only=True)
         export = DDSP(model_cfg, stats)
         export.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()
                                 if k.startswith("model.")})
@@ -337,8 +367,7 @@ def train(cfg: DDSPTrainConfig, out_dir: str | os.PathLike, *, features_root: st
 
     baseline = AverageSpectrumBaseline(model_cfg, stats)
     if cfg.baseline_steps:
-        train_batches = list(itertools.islice(iter(dm.train_dataloader()), 8))
-        baseline.fit(train_batches, steps=cfg.baseline_steps, seed=cfg.seed)
+        baseline.fit(baseline_batches, steps=cfg.baseline_steps, seed=cfg.seed)
     baseline_val = _evaluate(baseline, val_batches, cfg.seed)
     test_metrics, test_preds, test_tracks = _judge_on_test(export, baseline, test_batches, stats, cfg.seed)
 
@@ -354,6 +383,8 @@ def train(cfg: DDSPTrainConfig, out_dir: str | os.PathLike, *, features_root: st
         "margin": baseline_val - val_loss,
         "best_step": int(min(rows, key=lambda r: r[2])[0]) if rows else steps,
         **test_metrics,
+        "trainer/world_size": int(trainer.world_size),
+        **shards.report,
     }
     metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
 
@@ -377,7 +408,8 @@ def train(cfg: DDSPTrainConfig, out_dir: str | os.PathLike, *, features_root: st
         run = tracking.StageRun(logger.experiment, mlflow_run_id)
         examples = (split_ids(features_root, cfg.domain), test_batches, test_preds, test_tracks)
         registered = _log_to_run(run, cfg, model_cfg, out_dir / "model.pt", metrics, digest, examples)
-    return {**metrics, "hash": digest, "checkpoint_dir": str(ckpt_dir), "registered_model": registered}
+    return {**metrics, "hash": digest, "checkpoint_dir": str(ckpt_dir), "registered_model": registered,
+            "backend": shards.backend}
 
 
 def _log_to_run(run: tracking.StageRun, cfg: DDSPTrainConfig, model_cfg: DDSPModelConfig, model_path: Path,
