@@ -156,8 +156,8 @@ def test_local_remote_push_then_clone_and_pull(built, tmp_path):
                                          "elsewhere": str(clone)})
     assert not (built / ".dvc" / "config.local").exists()
     done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=built, env=tool_env(built),
-                          capture_output=True, text=True, timeout=900)
-    output = done.stdout + done.stderr
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+    output = done.stdout   # stderr interleaved, in order
     assert done.returncode == 0, output
     assert re.search(r"\d+ files? pushed", output), output
     assert any(path.is_file() for path in (remote / "files" / "md5").rglob("*"))

@@ -131,9 +131,10 @@ def test_an_objective_the_stage_lacks_fails_the_sweep_in_one_line(swept):
 
 @pytest.mark.slow
 def test_the_readme_grid_runs_one_job_and_run_per_point(swept):
-    repo, _, optuna_dir = swept
+    repo, _, _ = swept
+    before = _sweep_dirs(repo)
     result = run(_tiny("sweep-grid"), repo)
-    (sweep_dir,) = {d.relative_to(repo).as_posix() for d in _sweep_dirs(repo)} - {optuna_dir}
+    (sweep_dir,) = {d.relative_to(repo).as_posix() for d in _sweep_dirs(repo) - before}
     runs = [r for r in _train_runs(repo) if r.data.tags.get("hydra.sweep_dir") == sweep_dir]
     points = sorted((float(r.data.params["model.lr"]), int(r.data.params["model.hidden"])) for r in runs)
     assert points == [(3e-4, 256), (3e-4, 512), (1e-3, 256), (1e-3, 512)], result.stderr[-3000:]

@@ -4,6 +4,9 @@ DVC stages read params.yaml (DVC does not pass its config through @hydra.main); 
 conf/ itself, so `-m` multirun sweeps and Hydra sweepers work with the params.yaml key paths. Each job
 is one MLflow run tagged with its overrides (and the sweep for multirun), and returns the stage's
 ``objective`` metric (conf/train.yaml), the value an Optuna sweep (conf/hparams_search/) minimises.
+Launchers: the basic one (in this process), submitit's local executor or SLURM (conf/hydra/launcher/); a
+multi-process (DDP) trainer in a sweep is refused unless SLURM or torchrun started the ranks
+(:func:`check_ddp_in_sweep`).
 """
 
 from __future__ import annotations
