@@ -1,6 +1,6 @@
 """Where a Lightning training runs: ``train_ddsp.trainer`` (conf/trainer/*.yaml) -> ``Trainer`` arguments.
 
-* ``cpu`` (the default): one CPU process, 32-bit (the committed dvc.lock reproduces on any machine).
+* ``cpu`` (the default): one CPU process, 32-bit (the committed dvc.lock is a CPU result).
 * ``gpu``: one GPU, bf16 mixed precision.
 * ``ddp``: several GPUs and nodes with Lightning DDP (``devices`` per node x ``num_nodes`` processes).
 * ``ddp_cpu``: DDP over CPU processes (gloo), to check a distributed setup on a machine without GPUs.
