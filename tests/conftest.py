@@ -68,6 +68,17 @@ def set_default_profile(repo: Path, profile: str) -> None:
     run(["git", "commit", "-q", "-am", f"default profile: {profile}"], repo)
 
 
+def stage_runs(repo: Path, stage: str) -> list:
+    """The MLflow runs of ``stage`` in the repository's own store (none before its first run)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("timbrelab")
+    if experiment is None:
+        return []
+    return client.search_runs([experiment.experiment_id], filter_string=f"tags.stage = '{stage}'")
+
+
 @dataclass
 class TinyRepo:
     path: Path

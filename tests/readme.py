@@ -18,11 +18,12 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-_BLOCK = re.compile(r"^<!-- doctest: (?P<name>[\w-]+) -->\n```[a-z]*\n(?P<body>.*?)^```", re.M | re.S)
+_BLOCK = re.compile(r"^<!-- doctest: (?P<name>[\w-]+) -->\n```[a-z]*\n(?P<body>.*?)^```", re.MULTILINE | re.DOTALL)
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _PLACEHOLDER = re.compile(r"<[a-z][a-z -]*>")
 
@@ -32,6 +33,12 @@ class Command:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     text: str = ""
+
+    @property
+    def venv_argv(self) -> list[str]:
+        """``argv`` with its program from the tests' virtual environment (``python``: this interpreter)."""
+        program = sys.executable if self.argv[0] == "python" else str(Path(sys.executable).parent / self.argv[0])
+        return [program, *self.argv[1:]]
 
 
 def blocks() -> dict[str, str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import readme
 import yaml
-from conftest import BIN, copy_repository, run
+from conftest import BIN, copy_repository, run, stage_runs
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
@@ -28,7 +28,7 @@ def _tiny(documented: str) -> list[str]:
     for command in readme.commands("sweep-tiny"):
         if command.argv[:len(full)] == full:
             assert command.argv[-len(TINY):] == TINY, command.text
-            return [str(BIN / command.argv[0]), *command.argv[1:]]
+            return command.venv_argv
     raise AssertionError(f"README.md: no sweep-tiny command extends the {documented} block")
 
 
@@ -52,11 +52,7 @@ def swept(tmp_path_factory):
 
 
 def _train_runs(repo):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("timbrelab")
-    return client.search_runs([experiment.experiment_id], filter_string="tags.stage = 'train_ddsp'")
+    return stage_runs(repo, "train_ddsp")
 
 
 @pytest.mark.slow

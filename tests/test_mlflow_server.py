@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import readme
-from conftest import BIN, REPO, copy_repository, run, set_default_profile, tool_env
+from conftest import REPO, copy_repository, run, set_default_profile, tool_env
 
 pytestmark = pytest.mark.slow
 
@@ -112,8 +112,7 @@ def server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     served = readme.command("mlflow-server", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server",
                             _port_substitution(port), env)
     assert served.env == {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}   # no GenAI job runner processes
-    cmd = [str(BIN / served.argv[0]), *served.argv[1:]]
-    with serving(cmd, port, home / "server.log", home, {**env, **served.env}) as base:
+    with serving(served.venv_argv, port, home / "server.log", home, {**env, **served.env}) as base:
         yield base, home / "mlflow" / "artifacts"
 
 
@@ -132,7 +131,7 @@ def trained(server, tmp_path_factory):
     assert (key, uri) == ("MLFLOW_TRACKING_URI", base)
     for command in lines:
         if command.argv[0] in ("dvc", "timbrelab-train"):
-            run([str(BIN / command.argv[0]), *command.argv[1:]], repo, extra_env={key: uri})
+            run(command.venv_argv, repo, extra_env={key: uri})
     experiment = rest(base, "experiments/get-by-name", experiment_name="timbrelab")["experiment"]
     runs = rest(base, "runs/search", {"experiment_ids": [experiment["experiment_id"]],
                                       "filter": "tags.stage = 'train_ddsp'",
@@ -199,7 +198,7 @@ def test_readme_best_run_command_and_transfer_by_run_id(trained, server, tmp_pat
     env = {"MLFLOW_TRACKING_URI": base}
     best = readme.command("best-run", "python -c", {"<the printed run id>": "RUN_ID"})
     assert best.argv[0] == "python"
-    out = run([sys.executable, *best.argv[1:]], repo, extra_env=env).stdout.split()
+    out = run(best.venv_argv, repo, extra_env=env).stdout.split()
     loss = {r["info"]["run_id"]: _by_key(r["data"]["metrics"])["val/loss_best"] for r in (first, second)}
     run_id = min(loss, key=loss.get)
     assert out[0] == run_id and float(out[1]) == pytest.approx(loss[run_id])
@@ -207,7 +206,7 @@ def test_readme_best_run_command_and_transfer_by_run_id(trained, server, tmp_pat
     wav = tmp_path / "out.wav"
     play = readme.command("best-run", "timbrelab transfer", {"<the printed run id>": run_id, "in.wav": str(clip),
                                                              "out.wav": str(wav)})
-    run([str(BIN / play.argv[0]), *play.argv[1:]], repo, extra_env=env)
+    run(play.venv_argv, repo, extra_env=env)
     import soundfile
 
     info = soundfile.info(str(wav))

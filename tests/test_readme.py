@@ -21,7 +21,7 @@ def test_every_doctest_block_is_run_by_a_test():
 
 def test_every_workflow_section_has_doctest_blocks():
     text = readme.README.read_text()
-    sections = re.split(r"^(?=## )", text, flags=re.M)
+    sections = re.split(r"^(?=## )", text, flags=re.MULTILINE)
     for title in WORKFLOW_SECTIONS:
         (section,) = [s for s in sections if s.startswith(title + "\n")]
         assert "<!-- doctest: " in section, f"README.md {title!r} has no doctest block"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import readme
 import torch
-from conftest import BIN, copy_repository, run
+from conftest import BIN, copy_repository, run, stage_runs
 
 from timbrelab import distributed
 from timbrelab.data.datasets import EpochSampler
@@ -27,7 +27,7 @@ TINY_TRAINING = ["train_ddsp.max_steps=4", "train_ddsp.val_every_steps=2", "trai
 
 def _readme(name: str) -> list[str]:
     (command,) = readme.commands(name)
-    return [str(BIN / command.argv[0]), *command.argv[1:]]
+    return command.venv_argv
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +40,8 @@ def repo(tmp_path_factory) -> Path:
     return repo
 
 
-def _runs(repo: Path, stage: str = "train_ddsp"):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("timbrelab")
-    if experiment is None:
-        return []
-    return client.search_runs([experiment.experiment_id], filter_string=f"tags.stage = '{stage}'")
+def _runs(repo: Path):
+    return stage_runs(repo, "train_ddsp")
 
 
 def _train_items(repo: Path, domain: str) -> int:
@@ -98,8 +92,8 @@ def test_torchrun_starts_the_ranks_of_the_plain_stage(repo):
     shutil.rmtree(repo / "models/cache/ddsp", ignore_errors=True)
     params, torchrun = readme.commands("torchrun-cpu")
     try:
-        run([str(BIN / params.argv[0]), *params.argv[1:]], repo)
-        result = run([str(BIN / torchrun.argv[0]), *torchrun.argv[1:]], repo)
+        run(params.venv_argv, repo)
+        result = run(torchrun.venv_argv, repo)
     finally:
         run([str(BIN / "timbrelab"), "params", "profile=tiny"], repo)   # the module's other tests' params.yaml
     runs = [r for r in _runs(repo) if r.info.run_id not in before]
@@ -215,10 +209,10 @@ def test_submitit_local_runs_each_sweep_point_as_its_own_job(repo):
 def test_the_slurm_launcher_writes_one_task_per_device(tmp_path, monkeypatch):
     """conf/hydra/launcher/slurm.yaml as Hydra composes it, turned into the sbatch script submitit would
     submit (a stand-in `srun` on PATH: there is no cluster here, the script is checked, not run)."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
     import submitit
+    from hydra import compose, initialize_config_dir
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
 
     repo = Path(__file__).resolve().parents[1]
     (documented,) = readme.commands("slurm")

@@ -17,7 +17,13 @@ import torch
 from timbrelab.dsp.loudness import a_weighted_loudness
 from timbrelab.errors import TimbrelabError
 from timbrelab.training import ddsp_eval
-from timbrelab.training.ddsp import DDSPModelParams, DDSPTrainConfig, config_hash, load_model, train
+from timbrelab.training.ddsp import (
+    DDSPModelParams,
+    DDSPTrainConfig,
+    config_hash,
+    load_model,
+    train,
+)
 
 SR, HOP, CQT_HOP, N_BINS = 16000, 64, 256, 6
 N = SR                                   # 1 s clips

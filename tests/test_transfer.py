@@ -20,7 +20,12 @@ from timbrelab.config import FeaturesConfig
 from timbrelab.data.features import LOUDNESS_BINS, _quantiles
 from timbrelab.errors import AudioError, ConfigError, TimbrelabError
 from timbrelab.models.ddsp import DDSP, PRESETS
-from timbrelab.training.ddsp import CHECKPOINT_FORMAT, MODEL_TYPE, DDSPModelParams, DDSPTrainConfig
+from timbrelab.training.ddsp import (
+    CHECKPOINT_FORMAT,
+    MODEL_TYPE,
+    DDSPModelParams,
+    DDSPTrainConfig,
+)
 
 SR = 16000
 REPO = Path(__file__).resolve().parents[1]
