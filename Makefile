@@ -13,7 +13,7 @@ setup: $(STAMP)
 # torch first and pinned: a looser spec (or letting another package pull it) downloads a multi-GB
 # CUDA build. tinysoundfont declares pyaudio (needs PortAudio headers to build) but only uses it for
 # live playback, so it goes in with --no-deps. hydra-optuna-sweeper declares optuna<3, but works with
-# the optuna 5 of constraints.txt (README, Sweeps), so it goes in with --no-deps too.
+# the optuna 5 of constraints.txt (docs/experiments.md, Sweeps), so it goes in with --no-deps too.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
@@ -22,8 +22,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt --no-deps tinysoundfont hydra-optuna-sweeper
 	touch $(STAMP)
 
+# dvc.lock.cpu.json: the CPU and torch code paths (timbrelab.cpu) the run was made with; the lock test
+# compares trained models byte for byte only on a machine with the same fingerprint.
 repro: $(STAMP)
 	$(BIN)/dvc repro
+	$(BIN)/python -m timbrelab.cpu --write dvc.lock.cpu.json
 
 # What CI runs (.ci/run): every test, the slow end-to-end DVC ones included.
 test: $(STAMP)

@@ -1,4 +1,5 @@
-"""README doc-tests: the workflow commands tests run are read from README.md, so the two cannot drift.
+"""README doc-tests: the workflow commands tests run are read from README.md and docs/*.md, so the two
+cannot drift.
 
 A block is marked by an HTML comment right above its fence::
 
@@ -11,6 +12,7 @@ A block is marked by an HTML comment right above its fence::
 become the command's environment, ``$VAR`` expanded from the given environment). Placeholders such as
 ``<name>`` or ``/path/to/dvc-remote`` are replaced only through ``substitute``; a substitution that does not
 occur in the block, or a ``<placeholder>`` left over, is an error, so a renamed placeholder fails the test.
+Block names are unique across all those files; errors name the file where a block lives.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 _BLOCK = re.compile(r"^<!-- doctest: (?P<name>[\w-]+) -->\n```[a-z]*\n(?P<body>.*?)^```", re.MULTILINE | re.DOTALL)
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _PLACEHOLDER = re.compile(r"<[a-z][a-z -]*>")
@@ -41,22 +45,45 @@ class Command:
         return [program, *self.argv[1:]]
 
 
-def blocks() -> dict[str, str]:
-    found: dict[str, str] = {}
-    for match in _BLOCK.finditer(README.read_text(encoding="utf-8")):
-        name = match["name"]
-        assert name not in found, f"README.md: two doctest blocks named {name!r}"
-        found[name] = match["body"]
+def files() -> list[Path]:
+    """The files doc-test blocks are read from: README.md, then every docs/*.md."""
+    return [README, *sorted(DOCS.glob("*.md"))]
+
+
+def _located() -> dict[str, tuple[str, str]]:
+    """``{name: (file relative to the repository, body)}`` of every block in :func:`files`."""
+    found: dict[str, tuple[str, str]] = {}
+    for path in files():
+        where = path.relative_to(ROOT).as_posix()
+        for match in _BLOCK.finditer(path.read_text(encoding="utf-8")):
+            name = match["name"]
+            if name in found:
+                first = found[name][0]
+                raise AssertionError(f"{where}: two doctest blocks named {name!r}" if first == where else
+                                     f"{first} and {where}: two doctest blocks named {name!r}")
+            found[name] = (where, match["body"])
     return found
+
+
+def blocks() -> dict[str, str]:
+    return {name: body for name, (_, body) in _located().items()}
+
+
+def where(name: str) -> str:
+    """The file (relative to the repository, e.g. ``docs/experiments.md``) that holds block ``name``."""
+    located = _located().get(name)
+    assert located is not None, f"README.md or docs/*.md has no block marked <!-- doctest: {name} -->"
+    return located[0]
 
 
 def block(name: str, substitute: dict[str, str] | None = None, *, whole: bool = True) -> str:
     """The block's text with the substitutions made (each must occur in it); with ``whole``, no
     ``<placeholder>`` may be left anywhere in it."""
-    body = blocks().get(name)
-    assert body is not None, f"README.md has no block marked <!-- doctest: {name} -->"
+    located = _located().get(name)
+    assert located is not None, f"README.md or docs/*.md has no block marked <!-- doctest: {name} -->"
+    path, body = located
     for old, new in (substitute or {}).items():
-        assert old in body, f"README.md block {name!r} no longer contains {old!r}"
+        assert old in body, f"{path} block {name!r} no longer contains {old!r}"
         body = body.replace(old, new)
     if whole:
         _check_placeholders(name, body)
@@ -65,7 +92,7 @@ def block(name: str, substitute: dict[str, str] | None = None, *, whole: bool = 
 
 def _check_placeholders(name: str, text: str) -> None:
     left = _PLACEHOLDER.findall(text)
-    assert not left, f"README.md block {name!r}: placeholders {left} have no substitution in the test"
+    assert not left, f"{where(name)} block {name!r}: placeholders {left} have no substitution in the test"
 
 
 def commands(name: str, substitute: dict[str, str] | None = None,
@@ -99,7 +126,7 @@ def command(name: str, startswith: str, substitute: dict[str, str] | None = None
     """The one command of the block whose text starts with ``startswith`` (placeholders are checked in
     that line only)."""
     found = [c for c in _split(name, block(name, substitute, whole=False), env) if c.text.startswith(startswith)]
-    assert len(found) == 1, f"README.md block {name!r}: {len(found)} commands start with {startswith!r}"
+    assert len(found) == 1, f"{where(name)} block {name!r}: {len(found)} commands start with {startswith!r}"
     _check_placeholders(name, found[0].text)
     return found[0]
 

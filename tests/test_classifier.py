@@ -183,7 +183,7 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path, trained):
     save_classifier(model, path, train_config=CFG, seed=0, metrics=metrics)
     payload = torch.load(path, weights_only=True)
     assert payload["model_type"] == MODEL_TYPE
-    assert payload["grid"]["n_bins"] == N_BINS and payload["grid"]["cqt_hop"] == CQT_HOP
+    assert payload["stats"]["n_bins"] == N_BINS and payload["stats"]["cqt_hop"] == CQT_HOP
     loaded, payload = load_classifier(path)
     assert loaded.domains == model.domains and not loaded.training
     assert payload["train_config"]["channels"] == list(CFG.channels)
@@ -194,13 +194,13 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path, trained):
     assert (tmp_path / "again.pt").read_bytes() == path.read_bytes()
 
     other = tmp_path / "ddsp.pt"
-    torch.save({"model_type": "ddsp", "state_dict": {}}, other)
+    torch.save({"model_type": "ddsp", "format": 1, "state_dict": {}, "model_config": {}}, other)
     with pytest.raises(TimbrelabError, match=re.escape(f"{other}: a 'ddsp' checkpoint")):
         load_classifier(other)
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(TimbrelabError, match="not a timbrelab model checkpoint"):
         load_classifier(tmp_path / "list.pt")
-    with pytest.raises(TimbrelabError, match="no such classifier checkpoint"):
+    with pytest.raises(TimbrelabError, match="no such checkpoint; train one with `dvc repro train_classifier`"):
         load_classifier(tmp_path / "missing.pt")
 
 

@@ -18,14 +18,12 @@ import numpy as np
 import pytest
 import torch
 
+from timbrelab.data.datamodules import CycleGANDataModule, DDSPDataModule, WaveNetDataModule
 from timbrelab.data.datasets import (
-    CycleGANDataModule,
-    DDSPDataModule,
     DDSPDataset,
     EpochSampler,
     FeatureSplit,
     UnpairedCQTDataset,
-    WaveNetDataModule,
     WaveNetDataset,
     load_stats,
 )

@@ -1,8 +1,8 @@
 """End-to-end DVC workflows beyond `dvc repro`: the experiments queue with the Hydra composition (each
 queued experiment runs in a temporary copy under .dvc/tmp/exps/ and logs to the repository's MLflow
 store) and a local-directory DVC remote (push, git clone, pull). Each scenario works in a fresh copy of
-the repository of its own; the commands are read from the README's "Experiments and remotes" blocks
-(exp-queue, dvc-remote: tests/readme.py)."""
+the repository of its own; the commands are read from the "Experiments and remotes" blocks of
+docs/experiments.md (exp-queue, dvc-remote: tests/readme.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import readme
 import yaml
 from conftest import BIN, copy_repository, run, tool_env
 
-from timbrelab import tracking
+from timbrelab import dvcfiles, tracking
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,7 @@ def _ran_stages(log: str) -> set[str]:
 
 
 def _readme(start: str, **substitute: str) -> list[str]:
-    """The README's exp-queue command that starts with ``start``, with BIN's executable."""
+    """The exp-queue command that starts with ``start``, with BIN's executable."""
     return readme.command("exp-queue", start, substitute).venv_argv
 
 
@@ -84,7 +84,7 @@ def test_queued_hydra_sweep_runs_downstream_stages_and_logs_to_the_repository_st
 
     client = MlflowClient(tracking_uri=f"sqlite:///{built / 'mlflow.db'}")
     before = set(_train_ddsp_runs(client))
-    workspace = {path: tracking.dvc_md5(built / path) for path in ("models/ddsp", "params.yaml", "dvc.lock")}
+    workspace = {path: dvcfiles.dvc_md5(built / path) for path in ("models/ddsp", "params.yaml", "dvc.lock")}
     head = run(["git", "rev-parse", "HEAD"], built).stdout.strip()
 
     # A Hydra sweep over the key path: one queued experiment per value, params.yaml composed from conf/.
@@ -108,7 +108,7 @@ def test_queued_hydra_sweep_runs_downstream_stages_and_logs_to_the_repository_st
             assert f"Stage '{stage}' didn't change, skipping" in logs[name]
 
     # The experiments ran in temporary copies: the workspace is untouched (and still up to date).
-    assert {path: tracking.dvc_md5(built / path) for path in workspace} == workspace
+    assert {path: dvcfiles.dvc_md5(built / path) for path in workspace} == workspace
     assert UP_TO_DATE in dvc(built, "status").stdout
 
     # `dvc exp show --json`: both experiments on HEAD, with their lr and their own train_ddsp metrics.
@@ -146,7 +146,7 @@ def test_queued_hydra_sweep_runs_downstream_stages_and_logs_to_the_repository_st
 
 
 def test_local_remote_push_then_clone_and_pull(built, tmp_path):
-    """The README's dvc-remote block as one bash script (the remote, the repository and the clone's folder
+    """The dvc-remote block as one bash script (the remote, the repository and the clone's folder
     substituted): push, commit the remote's config, clone, pull, status."""
     import subprocess
 
@@ -166,10 +166,10 @@ def test_local_remote_push_then_clone_and_pull(built, tmp_path):
     assert "reflink,hardlink" in config and "remote = local" in config
 
     # Every output dvc.lock records is back, byte for byte; the metrics (in git) came with the clone.
-    outs = tracking.lock_outs(clone)
+    outs = dvcfiles.lock_outs(clone)
     assert "models/ddsp" in outs and "data/features" in outs
     for path, (stage, md5) in outs.items():
-        assert tracking.dvc_md5(clone / path) == md5 == tracking.dvc_md5(built / path), (stage, path)
+        assert dvcfiles.dvc_md5(clone / path) == md5 == dvcfiles.dvc_md5(built / path), (stage, path)
     for path in ("models/ddsp/model.pt", "reports/metrics.json", "reports/metrics/train_ddsp.json"):
-        assert tracking.file_md5(clone / path) == tracking.file_md5(built / path), path
+        assert dvcfiles.file_md5(clone / path) == dvcfiles.file_md5(built / path), path
     assert yaml.safe_load((clone / "dvc.lock").read_text()) == yaml.safe_load((built / "dvc.lock").read_text())

@@ -14,7 +14,7 @@ import torch
 from timbrelab.audio import save_wav
 from timbrelab.config import FeaturesConfig
 from timbrelab.errors import AudioError, ConfigError, TimbrelabError
-from timbrelab.evaluation.classifier import TimbreClassifier
+from timbrelab.models.classifier import TimbreClassifier
 from timbrelab.evaluation.evaluate import evaluate_system
 from timbrelab.evaluation.scoring import MetricsConfig, frame_times, score_output, summarise
 from timbrelab.evaluation.summary import metrics_document, rank_systems

@@ -17,8 +17,10 @@ import torch
 from timbrelab.cli import main
 from timbrelab.models.ddsp import DDSP, PRESETS
 from timbrelab.models.ddsp_stream import StreamingDDSP
-from timbrelab.streaming import EXPORT_METADATA, stream_controls
-from timbrelab.training.ddsp import CHECKPOINT_FORMAT, MODEL_TYPE
+from timbrelab.inference.streaming import EXPORT_METADATA, stream_controls
+from timbrelab.models.checkpoint import FORMAT as CHECKPOINT_FORMAT
+
+MODEL_TYPE = "ddsp"
 
 STATS = {"loudness_db": {"mean": -33.0, "std": 11.9}}
 HOP, BLOCK = 64, 128
@@ -113,7 +115,7 @@ def test_export_errors_are_one_line_and_write_nothing(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1 and "Traceback" not in err
         assert not out.exists()
-    torch.save({"model_type": "cyclegan", "state_dict": {}}, tmp_path / "other.pt")
+    torch.save({"model_type": "cyclegan", "format": 1, "state_dict": {}, "model_config": {}}, tmp_path / "other.pt")
     assert main(["export", "--checkpoint", str(tmp_path / "other.pt"), "-o", str(out)]) == 2
     assert "'cyclegan' checkpoint" in capsys.readouterr().err and not out.exists()
 

@@ -1,5 +1,5 @@
-"""Sweeps of `timbrelab-train` as the README's Sweeps section runs them (blocks sweep-grid, sweep-optuna and
-sweep-tiny, tests/readme.py): the basic launcher's grid, and an Optuna search
+"""Sweeps of `timbrelab-train` as the Sweeps section of docs/experiments.md runs them (blocks sweep-grid,
+sweep-optuna and sweep-tiny, tests/readme.py): the basic launcher's grid, and an Optuna search
 (conf/hparams_search/ddsp_optuna.yaml) in which each trial is one MLflow run of train_ddsp and what the
 sweeper records is each job's `objective` metric."""
 
@@ -29,7 +29,7 @@ def _tiny(documented: str) -> list[str]:
         if command.argv[:len(full)] == full:
             assert command.argv[-len(TINY):] == TINY, command.text
             return command.venv_argv
-    raise AssertionError(f"README.md: no sweep-tiny command extends the {documented} block")
+    raise AssertionError(f"{readme.where('sweep-tiny')}: no sweep-tiny command extends the {documented} block")
 
 
 def _sweep_dirs(repo: Path) -> set[Path]:

@@ -1,7 +1,7 @@
 """A real MLflow tracking server (sqlite store, proxied artifacts) on 127.0.0.1, started and used with the
-README's mlflow-server block (tests/readme.py): the tiny pipeline up to train_ddsp and a second training log
-to it over HTTP, and the runs are read back through the server's REST API with plain urllib; the README's
-best-run command; and `make mlflow-ui` starts. Every server is started as its own process group and killed
+mlflow-server block of docs/experiments.md (tests/readme.py): the tiny pipeline up to train_ddsp and a second
+training log to it over HTTP, and the runs are read back through the server's REST API with plain urllib; the
+best-run block's command; and `make mlflow-ui` starts. Every server is started as its own process group and killed
 at teardown."""
 
 from __future__ import annotations

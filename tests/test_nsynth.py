@@ -78,7 +78,9 @@ class Archive:
         return hashlib.sha256(self.data).hexdigest()
 
 
-def build_tree(root: Path, split: str = SPLIT, seed: int = 0) -> tuple[Path, dict[str, bytes], dict]:
+def build_tree(root: Path, split: str = SPLIT, seed: int = 0, strays: bool = False
+               ) -> tuple[Path, dict[str, bytes], dict]:
+    """NOTES in NSynth's layout; ``strays`` adds AUDIO_ONLY, EXAMPLES_ONLY and NOT_A_NOTE."""
     rng = np.random.default_rng(seed)
     top = root / f"nsynth-{split}"
     (top / "audio").mkdir(parents=True)
@@ -87,11 +89,12 @@ def build_tree(root: Path, split: str = SPLIT, seed: int = 0) -> tuple[Path, dic
         fam, src, idx, pitch, vel, quals = note
         examples[_ns(note)] = schema.example_record(fam, src, idx, pitch, vel, instrument=100 + idx,
                                                     note=1000 + i, qualities=quals)
-    fam, src, idx, pitch, vel = EXAMPLES_ONLY
-    examples[schema.note_str(*EXAMPLES_ONLY)] = schema.example_record(fam, src, idx, pitch, vel,
-                                                                     instrument=103, note=2000)
+    if strays:
+        fam, src, idx, pitch, vel = EXAMPLES_ONLY
+        examples[schema.note_str(*EXAMPLES_ONLY)] = schema.example_record(fam, src, idx, pitch, vel,
+                                                                         instrument=103, note=2000)
     wavs = {}
-    for stem in [_ns(n) for n in NOTES] + [AUDIO_ONLY, NOT_A_NOTE]:
+    for stem in [_ns(n) for n in NOTES] + ([AUDIO_ONLY, NOT_A_NOTE] if strays else []):
         audio = (0.3 * rng.standard_normal(800)).astype(np.float32)  # 50 ms of 16 kHz noise
         path = top / "audio" / f"{stem}.wav"
         sf.write(str(path), audio, schema.SAMPLE_RATE, subtype="PCM_16")
@@ -101,9 +104,10 @@ def build_tree(root: Path, split: str = SPLIT, seed: int = 0) -> tuple[Path, dic
 
 
 def make_archive(tmp_path: Path, split: str = SPLIT, extra: list[tuple[tarfile.TarInfo, bytes]] = (),
-                 name: str | None = None, seed: int = 0) -> Archive:
-    src = tmp_path / f"src-{split}-{seed}-{len(extra)}"
-    top, wavs, examples = build_tree(src, split, seed)
+                 name: str | None = None, seed: int = 0, strays: bool = False) -> Archive:
+    """An archive of NOTES; ``strays``: plus the notes extraction must skip (each one a manifest failure)."""
+    src = tmp_path / f"src-{split}-{seed}-{len(extra)}-{strays}"
+    top, wavs, examples = build_tree(src, split, seed, strays)
     path = tmp_path / (name or nsynth.archive_name(split))
     with tarfile.open(path, "w:gz") as tar:
         tar.add(top, arcname=top.name)  # dirs + files, sorted, like `tar czf`
@@ -114,7 +118,7 @@ def make_archive(tmp_path: Path, split: str = SPLIT, extra: list[tuple[tarfile.T
 
 @pytest.fixture
 def archive(tmp_path) -> Archive:
-    return make_archive(tmp_path)
+    return make_archive(tmp_path, strays=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -217,7 +221,9 @@ def test_interrupted_download_resumes_with_range(tmp_path, server, archive):
     assert [r[1] for r in server.state.requests] == [None, f"bytes={cut}-"]
     assert sha256_file(dest) == archive.sha256
     assert not dest.with_suffix(".gz.part").exists()
-    assert sorted(p.name for p in dest.parent.iterdir()) == [dest.name]
+    # the archive and the URL it came from (the cache is keyed by URL); no .part left
+    assert sorted(p.name for p in dest.parent.iterdir()) == [dest.name, dest.name + ".url"]
+    assert (dest.parent / (dest.name + ".url")).read_text() == url
 
 
 def test_stalled_connection_times_out_and_resumes(tmp_path, server, archive):
@@ -245,6 +251,7 @@ def test_complete_part_and_416_finishes_without_downloading_again(tmp_path, serv
     url = _serve(server, archive)
     dest = tmp_path / "a.tar.gz"
     (tmp_path / "a.tar.gz.part").write_bytes(archive.data)
+    (tmp_path / "a.tar.gz.part.url").write_text(url)  # a .part of this URL is resumed
     nsynth.download(url, dest, expected_sha256=archive.sha256, progress=False)
     assert server.state.requests == [("/nsynth-valid.jsonwav.tar.gz", f"bytes={len(archive.data)}-")]
     assert dest.read_bytes() == archive.data
@@ -254,8 +261,9 @@ def test_existing_dest_returns_without_a_request(tmp_path, server, archive):
     url = _serve(server, archive)
     dest = tmp_path / "a.tar.gz"
     dest.write_bytes(archive.data)
-    assert nsynth.download(url, dest, progress=False) == dest
+    # the sha256 proves the content; after that the file is known to come from url
     assert nsynth.download(url, dest, expected_sha256=archive.sha256.upper(), progress=False) == dest
+    assert nsynth.download(url, dest, progress=False) == dest
     assert server.state.requests == []
 
 
@@ -458,7 +466,10 @@ def test_acquire_download_records_a_404_split_and_keeps_the_other(tmp_path, serv
                                splits=["test", "valid"], filter=FILTER, sha256={"valid": archive.sha256},
                                retries=2, timeout_s=5, cache_dir=str(cache))
     summary = nsynth.acquire_download(cfg, out, progress=False)
-    assert [f["split"] for f in summary["failed"]] == ["test"]
+    # the 404 split, then every note the extraction of valid skipped, with its reason
+    assert [(f["split"], f.get("id")) for f in summary["failed"]] == [
+        ("test", None), ("valid", "nsynth-valid/audio/README_take2.wav"), ("valid", AUDIO_ONLY),
+        ("valid", schema.note_str(*EXAMPLES_ONLY))]
     assert "404" in summary["failed"][0]["reason"]
     assert summary["failed"][0]["url"] == server.url + "/nsynth-test.jsonwav.tar.gz"
     assert list(summary["splits"]) == ["valid"]
@@ -468,7 +479,8 @@ def test_acquire_download_records_a_404_split_and_keeps_the_other(tmp_path, serv
         {"id": n, "split": "valid", "file": f"valid/audio/{n}.wav",
          "sha256": hashlib.sha256(archive.wavs[n]).hexdigest(), "license": schema.LICENSE, "url": url}
         for n in sorted(KEPT)]
-    assert sorted(p.name for p in cache.iterdir()) == ["nsynth-valid.jsonwav.tar.gz"]  # kept for reruns
+    assert sorted(p.name for p in cache.iterdir()) == ["nsynth-valid.jsonwav.tar.gz",  # kept for reruns
+                                                       "nsynth-valid.jsonwav.tar.gz.url"]
     assert sorted(p.name for p in out.iterdir()) == ["valid"]
 
     # A rerun reuses the cached archive (sha256 verified) without asking the server for it again.

@@ -1,4 +1,4 @@
-"""Scaling out on existing engines, with the README's Scaling out blocks (ddp-cpu, slurm, submitit-local;
+"""Scaling out on existing engines, with the blocks of docs/scaling-out.md (ddp-cpu, slurm, submitit-local;
 tests/readme.py): Lightning DDP over 2 CPU processes (gloo), the refusal of DDP inside a `-m` sweep
 (Lightning's launcher would re-run the sweep), hydra-submitit-launcher's local executor, the SLURM launcher
 config's batch script, and the trainer configs (bf16 on CPU)."""
@@ -20,7 +20,8 @@ from timbrelab import distributed
 from timbrelab.data.datasets import EpochSampler
 from timbrelab.errors import ConfigError, TimbrelabError
 from timbrelab.hydra_app import check_ddp_in_sweep
-from timbrelab.training.trainer import TrainerConfig, shard_report
+from timbrelab.training.shards import shard_report
+from timbrelab.training.trainer import TrainerConfig
 
 TINY_TRAINING = ["train_ddsp.max_steps=4", "train_ddsp.val_every_steps=2", "train_ddsp.baseline_steps=4"]
 
@@ -168,17 +169,26 @@ def test_trainer_configs_compose_and_validate():
     repo = Path(__file__).resolve().parents[1]
     for name, expected in {"cpu": (1, "32-true"), "gpu": (1, "bf16-mixed"), "ddp": (2, "bf16-mixed"),
                            "ddp_cpu": (2, "32-true")}.items():
-        section = compose([f"trainer={name}"], conf_dir=repo / "conf").train_ddsp.trainer
+        composed = compose([f"trainer={name}"], conf_dir=repo / "conf")
+        section = composed.train_ddsp.trainer
+        assert section == composed.trainer      # every train stage runs on the one trainer switch
         cfg = TrainerConfig(**section)
         assert (cfg.world_size, cfg.precision) == expected
     assert TrainerConfig().operative() == {}           # the reference trainer keeps the old cache keys
     assert TrainerConfig(precision="bf16-mixed").operative() == {"precision": "bf16-mixed", "world_size": 1}
-    with pytest.raises(ConfigError, match="train_ddsp.trainer.strategy"):
+    with pytest.raises(ConfigError, match="trainer.strategy"):
         TrainerConfig(strategy="ddp_spawn")
     with pytest.raises(ConfigError, match="need strategy=ddp"):
         TrainerConfig(devices=2)
-    with pytest.raises(ConfigError, match="train_ddsp.trainer.devices"):
+    with pytest.raises(ConfigError, match="trainer.devices"):
         TrainerConfig(devices=0)
+    # Inside a stage's section the message names the stage's key path.
+    from timbrelab.config import load_stage_config
+    from timbrelab.training.ddsp_config import DDSPTrainConfig
+
+    params = {"train_ddsp": {"trainer": {"devices": 0}}}
+    with pytest.raises(ConfigError, match=r"^train_ddsp\.trainer\.devices must be a positive integer"):
+        load_stage_config("train_ddsp", DDSPTrainConfig, params)
 
 
 # ---------------------------------------------------------------------------------------- submitit

@@ -23,12 +23,12 @@ from test_nsynth import NOTES, make_archive, server  # noqa: F401 - server is a 
 from test_nsynth import _ns as note_str
 from test_youtube import http_server, write_feed, write_ogg, write_wav  # noqa: F401 - http_server is a fixture
 
-from timbrelab import config, tracking
+from timbrelab import config, paths, tracking
 from timbrelab.config import YoutubeConfig
 from timbrelab.errors import ConfigError, TimbrelabError
 from timbrelab.f0track import F0_HEADER, n_frames, read_f0_csv, write_f0_csv
 from timbrelab.fsutil import round_floats
-from timbrelab.stages import stage_module
+from timbrelab.stages import stage_entry
 from timbrelab.stages.common import StageResult, execute_stage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ class Repo:
         return OmegaConf.to_container(config.compose([*TINY, *overrides], conf_dir=CONF))
 
     def stage(self, name: str, params: dict) -> StageResult:
-        module = stage_module(name)
+        module = stage_entry(name)
         return execute_stage(module.STAGE, module.SCHEMAS, module.run, params=params)
 
     def manifest(self, rel: str) -> dict:
@@ -93,7 +93,7 @@ def repo(tmp_path, monkeypatch) -> Repo:
             monkeypatch.delenv(key)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(root)
-    assert tracking.repo_root() == root.resolve()
+    assert paths.repo_root() == root.resolve()
     return Repo(root)
 
 

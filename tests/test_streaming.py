@@ -1,4 +1,4 @@
-"""Streaming DDSP (timbrelab.models.ddsp_stream) and live features (timbrelab.streaming), with numbers.
+"""Streaming DDSP (timbrelab.models.ddsp_stream) and live features (timbrelab.inference.streaming), with numbers.
 
 Stated tolerance: block by block, the stream equals the offline DDSP (same weights, controls and noise) delayed by
 one hop to ``MAX_ABS_ERROR`` = 1e-5 max abs error over the whole signal, for signals peaking at 1-2 (below -100 dB
@@ -19,7 +19,7 @@ from timbrelab.dsp.pitch import SWIFT_HOP, SWIFT_TRUST, _run_swift, estimate_f0,
 from timbrelab.errors import AudioError, ConfigError
 from timbrelab.models.ddsp import DDSP, PRESETS
 from timbrelab.models.ddsp_stream import StreamingDDSP
-from timbrelab.streaming import (
+from timbrelab.inference.streaming import (
     LiveFeatures,
     check_block_size,
     feature_latency,

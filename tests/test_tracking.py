@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from timbrelab import tracking
+from timbrelab import dvcfiles, paths, tracking
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def test_dvc_temporary_experiment_copies_log_to_the_parent_store(repo, monkeypat
     copy.mkdir(parents=True)
     (copy / "dvc.yaml").write_text("stages: {}\n")
     monkeypatch.chdir(copy)
-    assert tracking.repo_root() == copy.resolve()
+    assert paths.repo_root() == copy.resolve()
     assert tracking.tracking_uri() == f"sqlite:///{repo.resolve() / 'mlflow.db'}"
 
 
@@ -50,10 +50,10 @@ def test_queued_experiments_work_in_their_copy_though_dvc_root_names_the_parent(
     (copy / "dvc.yaml").write_text("stages: {}\n")
     monkeypatch.setenv("DVC_ROOT", str(repo))
     monkeypatch.chdir(copy)
-    assert tracking.repo_root() == copy.resolve()
+    assert paths.repo_root() == copy.resolve()
     assert tracking.tracking_uri() == f"sqlite:///{repo.resolve() / 'mlflow.db'}"
     monkeypatch.chdir(repo / "sub" / "deeper")  # anywhere else $DVC_ROOT is the repository
-    assert tracking.repo_root() == repo.resolve()
+    assert paths.repo_root() == repo.resolve()
 
 
 def test_env_overrides_the_store(repo, monkeypatch):
@@ -95,7 +95,7 @@ def test_dir_md5_equals_what_dvc_computes(tmp_path):
     subprocess.run([dvc, "init", "-q"], cwd=root, check=True, capture_output=True)
     subprocess.run([dvc, "add", "-q", "data"], cwd=root, check=True, capture_output=True)
     expected = yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
-    assert tracking.dvc_dir_md5(data) == expected
+    assert dvcfiles.dvc_dir_md5(data) == expected
 
 
 def test_flatten_params():
@@ -123,7 +123,7 @@ def test_stage_run_logs_params_tags_and_status(repo, monkeypatch):
     assert ok.data.params == {"section.lr": "0.1"}
     assert ok.data.metrics == {"items": 3.0}
     assert ok.data.tags["stage"] == "demo"
-    assert ok.data.tags["dvc.dep.code.py"] == tracking.file_md5(repo / "code.py")
+    assert ok.data.tags["dvc.dep.code.py"] == dvcfiles.file_md5(repo / "code.py")
     assert ok.data.tags["lib.numpy"] != "not installed"
 
 
@@ -214,21 +214,21 @@ def _expected_ddsp() -> dict:
 
 def test_foreach_over_a_literal_dict(repo):
     _dvc_yaml(repo, {"plain": {"cmd": "x", "deps": ["a.py"]}, "ev": {"foreach": SYSTEMS, "do": FOREACH_DO}})
-    assert tracking.stage_spec(repo, "ev@ddsp") == _expected_ddsp()
-    assert tracking.stage_deps(repo, "ev@identity") == ["code/identity.py", "code/identity.py"]
-    assert tracking.stage_outs(repo, "ev@identity") == [
+    assert dvcfiles.stage_spec(repo, "ev@ddsp") == _expected_ddsp()
+    assert dvcfiles.stage_deps(repo, "ev@identity") == ["code/identity.py", "code/identity.py"]
+    assert dvcfiles.stage_outs(repo, "ev@identity") == [
         "out/identity", "reports/metrics/ev_identity.json", "reports/plots/ev_identity.json"]
-    assert tracking.stage_deps(repo, "plain") == ["a.py"]
+    assert dvcfiles.stage_deps(repo, "plain") == ["a.py"]
     for unknown in ("ev", "ev@nope", "nope", "plain@x"):
-        assert tracking.stage_spec(repo, unknown) == {}
-        assert tracking.stage_deps(repo, unknown) == []
+        assert dvcfiles.stage_spec(repo, unknown) == {}
+        assert dvcfiles.stage_deps(repo, unknown) == []
 
 
 def test_foreach_over_a_params_dict(repo):
     (repo / "params.yaml").write_text(yaml.safe_dump({"ev": {"metrics": ["f0"], "systems": SYSTEMS}}))
     _dvc_yaml(repo, {"ev": {"foreach": "${ev.systems}", "do": FOREACH_DO}})
-    assert set(tracking.dvc_stages(repo)) == {"ev@ddsp", "ev@identity"}
-    assert tracking.stage_spec(repo, "ev@ddsp") == _expected_ddsp()
+    assert set(dvcfiles.dvc_stages(repo)) == {"ev@ddsp", "ev@identity"}
+    assert dvcfiles.stage_spec(repo, "ev@ddsp") == _expected_ddsp()
 
 
 def test_foreach_over_lists_and_nested_fields(repo):
@@ -237,11 +237,11 @@ def test_foreach_over_lists_and_nested_fields(repo):
         "composite": {"foreach": [{"m": {"n": 1, "flag": True}}, {"m": {"n": 2, "flag": False}}],
                       "do": {"cmd": "run ${item.m.n} ${item.m.flag}", "deps": ["${item.m.n}"]}},
     })
-    assert set(tracking.dvc_stages(repo)) == {"simple@a", "simple@b", "composite@0", "composite@1"}
-    assert tracking.stage_spec(repo, "simple@b") == {"cmd": "run b", "outs": ["out/b.txt"]}
+    assert set(dvcfiles.dvc_stages(repo)) == {"simple@a", "simple@b", "composite@0", "composite@1"}
+    assert dvcfiles.stage_spec(repo, "simple@b") == {"cmd": "run b", "outs": ["out/b.txt"]}
     # A string that is one reference takes the value itself (as DVC does); inside a string, DVC's bools.
-    assert tracking.stage_spec(repo, "composite@1") == {"cmd": "run 2 false", "deps": [2]}
-    assert tracking.stage_deps(repo, "composite@1") == ["2"]
+    assert dvcfiles.stage_spec(repo, "composite@1") == {"cmd": "run 2 false", "deps": [2]}
+    assert dvcfiles.stage_deps(repo, "composite@1") == ["2"]
 
 
 @pytest.mark.parametrize("stage, match", [
@@ -255,7 +255,7 @@ def test_unresolvable_references_name_dvc_yaml_and_the_stage(repo, stage, match)
     (repo / "params.yaml").write_text(yaml.safe_dump({"ev": {"systems": SYSTEMS}}))
     _dvc_yaml(repo, {"ev": stage})
     with pytest.raises(ValueError, match=match):
-        tracking.stage_spec(repo, "ev@ddsp")
+        dvcfiles.stage_spec(repo, "ev@ddsp")
 
 
 def test_dvc_written_paths_cover_expanded_foreach_outputs(repo):
@@ -291,10 +291,10 @@ def test_out_md5s_equal_what_dvc_writes_to_dvc_lock(tmp_path):
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     assert set(lock) == {"make", "each@p", "each@q"}
     for stage, entry in lock.items():
-        assert tracking.out_md5s(root, stage) == {out["path"]: out["md5"] for out in entry["outs"]}, stage
-    assert tracking.out_md5s(root, "make")["d"].endswith(".dir")
+        assert dvcfiles.out_md5s(root, stage) == {out["path"]: out["md5"] for out in entry["outs"]}, stage
+    assert dvcfiles.out_md5s(root, "make")["d"].endswith(".dir")
     (root / "f.txt").unlink()
-    assert "f.txt" not in tracking.out_md5s(root, "make")  # only outputs that exist
+    assert "f.txt" not in dvcfiles.out_md5s(root, "make")  # only outputs that exist
 
 
 def _runs(tmp_path, stage: str):
@@ -397,8 +397,8 @@ def test_execute_stage_with_a_foreach_name(repo, tmp_path, monkeypatch):
     _, (run,) = _runs(tmp_path, "ev@identity")
     tags = run.data.tags
     assert tags["mlflow.runName"] == "ev@identity" and run.info.run_name == "ev@identity"
-    assert tags["dvc.dep.code/identity.py"] == tracking.file_md5(repo / "code/identity.py")
-    assert tags["dvc.out.out/identity"] == tracking.dvc_dir_md5(repo / "out/identity")
-    assert tags["dvc.out.reports/metrics/ev_identity.json"] == tracking.file_md5(repo / "reports/metrics/ev_identity.json")
+    assert tags["dvc.dep.code/identity.py"] == dvcfiles.file_md5(repo / "code/identity.py")
+    assert tags["dvc.out.out/identity"] == dvcfiles.dvc_dir_md5(repo / "out/identity")
+    assert tags["dvc.out.reports/metrics/ev_identity.json"] == dvcfiles.file_md5(repo / "reports/metrics/ev_identity.json")
     assert "dvc.out.reports/plots/ev_identity.json" not in tags  # not written
     assert run.data.params["metrics"] == '["f0"]'

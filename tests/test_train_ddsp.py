@@ -17,13 +17,15 @@ import torch
 from timbrelab.dsp.loudness import a_weighted_loudness
 from timbrelab.errors import TimbrelabError
 from timbrelab.training import ddsp_eval
-from timbrelab.training.ddsp import (
-    DDSPModelParams,
-    DDSPTrainConfig,
-    config_hash,
-    load_model,
-    train,
-)
+from timbrelab.inference.loading import fetch_checkpoint
+from timbrelab.models import registry
+from timbrelab.training.ddsp import config_hash, train
+from timbrelab.training.ddsp_config import DDSPModelParams, DDSPTrainConfig
+from timbrelab.training.loop import registered_model_name
+
+
+def load_model(path):
+    return registry.load(path, "ddsp")[0]
 
 SR, HOP, CQT_HOP, N_BINS = 16000, 64, 256, 6
 N = SR                                   # 1 s clips
@@ -189,14 +191,14 @@ def test_metrics_land_in_the_given_mlflow_run(features, tmp_path, mlflow_store):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["curves.csv", "metrics.json", "model.pt"]
 
     # One registry version, pointing at this run's model folder, fetchable and loadable.
-    name = ddsp_eval.registered_model_name("cello")
+    name = registered_model_name("ddsp", "cello")
     assert result["registered_model"] == f"{name}/1"
     (version,) = client.search_model_versions(f"name='{name}'")
     assert version.run_id == run_id and version.source == f"runs:/{run_id}/model"
     assert version.tags["config_hash"] == result["hash"]
     assert float(version.tags["test/margin"]) == pytest.approx(result["test/margin"], rel=1e-5)
     assert client.get_run(run_id).data.tags["registered_model"] == f"{name}/1"
-    fetched = ddsp_eval.fetch_model(f"models:/{name}/latest", tmp_path / "fetched")
+    fetched, _ = fetch_checkpoint(f"models:/{name}/latest", tmp_path / "fetched")
     assert fetched.read_bytes() == (tmp_path / "out" / "model.pt").read_bytes()
     assert isinstance(load_model(fetched), torch.nn.Module)
 
@@ -256,6 +258,4 @@ def test_pitch_agreement_tells_right_from_wrong_pitch():
 
 def test_pitch_settings_follow_the_features():
     assert ddsp_eval.pitch_settings({"features_config": {"pitch": PITCH}}) == PITCH
-    assert ddsp_eval.pitch_settings({"pitch_estimator": "pyin", "voiced_threshold": 0.3}) == {
-        "estimator": "pyin", "voiced_threshold": 0.3}
     assert ddsp_eval.pitch_settings({})["voiced_threshold"] == 0.5

@@ -1,4 +1,4 @@
-"""Timbre transfer (timbrelab.transfer, `timbrelab transfer`): octave shift, loudness quantile mapping, the
+"""Timbre transfer (timbrelab.inference.ddsp_transfer and .loading, `timbrelab transfer`): octave shift, loudness quantile mapping, the
 pitch-range warning, peak safety, model resolution (path, MLflow run, default) and bad input."""
 
 from __future__ import annotations
@@ -15,17 +15,16 @@ import pytest
 import soundfile as sf
 import torch
 
-from timbrelab import cli, transfer
+from timbrelab import cli
+from timbrelab.inference import ddsp_transfer as transfer
+from timbrelab.inference.loading import load_model
 from timbrelab.config import FeaturesConfig
 from timbrelab.data.features import LOUDNESS_BINS, _quantiles
 from timbrelab.errors import AudioError, ConfigError, TimbrelabError
 from timbrelab.models.ddsp import DDSP, PRESETS
-from timbrelab.training.ddsp import (
-    CHECKPOINT_FORMAT,
-    MODEL_TYPE,
-    DDSPModelParams,
-    DDSPTrainConfig,
-)
+from timbrelab.models.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from timbrelab.training.ddsp import MODEL_TYPE
+from timbrelab.training.ddsp_config import DDSPModelParams, DDSPTrainConfig
 
 SR = 16000
 REPO = Path(__file__).resolve().parents[1]
@@ -219,16 +218,12 @@ def test_loud_output_is_scaled_not_clipped_and_warns(stats, tmp_path):
 
 # -------------------------------------------------------------------------------------- features config
 
-def test_older_stats_without_features_config_fall_back_to_defaults_on_their_grid(stats):
+def test_stats_without_features_config_are_refused(stats):
     old = {k: v for k, v in stats.items() if k != "features_config"}
-    old.update(sample_rate=22050, frame_hop=128, pitch_estimator="pyin", voiced_threshold=0.3)
-    cfg = transfer.features_config(old)
-    assert (cfg.sample_rate, cfg.frame_hop, cfg.pitch.estimator, cfg.pitch.voiced_threshold) == (22050, 128, "pyin", 0.3)
-    assert cfg.silence_db == FeaturesConfig().silence_db
+    with pytest.raises(ConfigError, match="lack features_config"):
+        transfer.features_config(old)
     assert transfer.features_config(stats).pitch.voiced_threshold == VOICED_THRESHOLD
 
-
-# --------------------------------------------------------------------------------------------- the CLI
 
 def test_cli_transfers_a_stereo_44k_file(checkpoint, tmp_path):
     sr = 44100
@@ -266,7 +261,7 @@ def _write_bad_input(kind: str, path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind, needle", [("silence", "silent"), ("noise", "no pitch found"),
-                                          ("short", "at least 40.0 ms"), ("not audio", "could not decode")])
+                                          ("short", "at least 40.0 ms"), ("not audio", "damaged or not readable audio")])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(kind, needle, checkpoint, tmp_path, capsys):
     source = tmp_path / "bad.wav"
     _write_bad_input(kind, source)
@@ -318,7 +313,7 @@ def test_checkpoint_and_run_id_are_mutually_exclusive(checkpoint, tmp_path):
                                        "-o", "o.wav"])
     assert exit_info.value.code == 2
     with pytest.raises(ConfigError, match="not both"):
-        transfer.load_transfer_model(checkpoint, "abc")
+        load_model("ddsp", checkpoint=checkpoint, run_id="abc")
 
 
 def test_default_model_missing_says_to_run_dvc_repro(tmp_path, monkeypatch):
@@ -326,7 +321,7 @@ def test_default_model_missing_says_to_run_dvc_repro(tmp_path, monkeypatch):
     monkeypatch.delenv("DVC_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(TimbrelabError, match=r"models/ddsp/model.pt: no trained model yet; run `dvc repro`"):
-        transfer.load_transfer_model()
+        load_model()
 
 
 def test_library_errors_for_bad_audio(model, payload):
@@ -351,20 +346,19 @@ def mlflow_store(tmp_path, monkeypatch):
     return client, experiment
 
 
-@pytest.mark.parametrize("artifact_dir", ["model", None])   # train_ddsp's layout now, and its earlier one
-def test_run_id_downloads_and_uses_the_runs_model(artifact_dir, mlflow_store, stats, tmp_path, capsys):
+def test_run_id_downloads_and_uses_the_runs_model(mlflow_store, stats, tmp_path, capsys):
     client, experiment = mlflow_store
     run_model = audible_model(stats, amplitude_logit=-1.0)
     ckpt_dir = tmp_path / "logged"
     ckpt_dir.mkdir()
     save_payload(ckpt_dir / "model.pt", run_model, stats, hash="feedfacecafe")
     run = client.create_run(experiment)
-    client.log_artifact(run.info.run_id, str(ckpt_dir / "model.pt"), artifact_dir)
+    client.log_artifact(run.info.run_id, str(ckpt_dir / "model.pt"), "model")
     client.set_terminated(run.info.run_id)
 
-    loaded, payload, source = transfer.load_transfer_model(run_id=run.info.run_id)
+    loaded, payload, source = load_model(run_id=run.info.run_id)
     assert payload["hash"] == "feedfacecafe" and run.info.run_id in source
-    assert source.startswith("model/model.pt" if artifact_dir else "model.pt")
+    assert source.startswith("model/model.pt")
     torch.testing.assert_close(loaded.decoder.head.bias, run_model.decoder.head.bias)
 
     sf.write(str(tmp_path / "in.wav"), tone(220.0), SR)
@@ -374,6 +368,18 @@ def test_run_id_downloads_and_uses_the_runs_model(artifact_dir, mlflow_store, st
     assert f"MLflow run {run.info.run_id}" in out
     audio, _ = sf.read(str(tmp_path / "o.wav"))
     assert abs(peak_hz(audio) - 220.0) < 2.0
+
+    # The same model as a registered version: --model-uri goes through the same fetch.
+    client.create_registered_model("timbrelab-ddsp-cello")
+    client.create_model_version("timbrelab-ddsp-cello", f"runs:/{run.info.run_id}/model", run.info.run_id)
+    code, out, err = run_cli(capsys, str(tmp_path / "in.wav"), "--model-uri", "models:/timbrelab-ddsp-cello/latest",
+                             "-o", str(tmp_path / "o2.wav"))
+    assert code == 0 and "models:/timbrelab-ddsp-cello/latest" in out, err
+    assert sf.read(str(tmp_path / "o2.wav"))[0].tolist() == audio.tolist()
+    code, _, err = run_cli(capsys, str(tmp_path / "in.wav"), "--model-uri", "models:/timbrelab-ddsp-cello/7",
+                           "-o", str(tmp_path / "o3.wav"))
+    assert code == 2 and "models:/timbrelab-ddsp-cello/7: cannot download" in err and err.count("\n") == 1
+    assert not (tmp_path / "o3.wav").exists()
 
 
 def test_unknown_run_id_and_a_run_without_model_are_clear_errors(mlflow_store, tmp_path, capsys):
@@ -385,5 +391,68 @@ def test_unknown_run_id_and_a_run_without_model_are_clear_errors(mlflow_store, t
     (tmp_path / "curves.csv").write_text("step,train_loss,val_loss\n")
     client.log_artifact(empty.info.run_id, str(tmp_path / "curves.csv"))     # a run with artifacts, none a model
     with pytest.raises(TimbrelabError, match=f"{empty.info.run_id}' has no model.pt artifact"):
-        transfer.load_transfer_model(run_id=empty.info.run_id)
+        load_model(run_id=empty.info.run_id)
     assert not (tmp_path / "o.wav").exists()
+
+
+# ------------------------------------------- issue #19 item 11: files lost or mislabelled by the CLI
+
+
+def test_output_equal_to_the_input_is_refused_and_the_recording_kept(checkpoint, tmp_path, capsys, monkeypatch):
+    source = tmp_path / "take.wav"
+    sf.write(str(source), tone(220.0), SR)
+    before = source.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    for spelling in (str(source), "take.wav", "./take.wav", str(tmp_path / "." / "take.wav")):
+        code, _, err = run_cli(capsys, str(source), "--checkpoint", str(checkpoint), "-o", spelling)
+        assert code == 2 and err.count("\n") == 1 and "is the input" in err, err
+        assert source.read_bytes() == before
+    (tmp_path / "link.wav").hardlink_to(source)
+    code, _, err = run_cli(capsys, str(source), "--checkpoint", str(checkpoint), "-o", str(tmp_path / "link.wav"))
+    assert code == 2 and "is the input" in err and source.read_bytes() == before
+
+
+@pytest.mark.parametrize("ext, fmt", [(".wav", "WAV"), (".flac", "FLAC"), (".ogg", "OGG"), (".MP3", "MP3")])
+def test_output_is_written_in_the_format_its_extension_names(ext, fmt, checkpoint, tmp_path, capsys):
+    if fmt not in sf.available_formats():
+        pytest.skip(f"this libsndfile cannot write {fmt}")
+    sf.write(str(tmp_path / "in.wav"), tone(220.0), SR)
+    out = tmp_path / f"take{ext}"
+    code, _, err = run_cli(capsys, str(tmp_path / "in.wav"), "--checkpoint", str(checkpoint), "-o", str(out))
+    assert code == 0, err
+    info = sf.info(str(out))
+    assert info.format == fmt and info.samplerate == SR and info.channels == 1
+    assert abs(info.frames - SR) <= (1152 * 2 if fmt == "MP3" else 0)
+
+
+def test_unsupported_output_extension_is_refused_listing_the_supported(checkpoint, tmp_path, capsys):
+    sf.write(str(tmp_path / "in.wav"), tone(220.0), SR)
+    for name in ("take.m4a", "take"):
+        code, _, err = run_cli(capsys, str(tmp_path / "in.wav"), "--checkpoint", str(checkpoint),
+                               "-o", str(tmp_path / name))
+        assert code == 2 and err.count("\n") == 1 and ".wav, .flac, .ogg" in err, err
+        assert not (tmp_path / name).exists()
+
+
+def test_directories_and_empty_files_are_named_as_such(checkpoint, tmp_path, capsys):
+    sf.write(str(tmp_path / "in.wav"), tone(220.0), SR)
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "empty.wav").write_bytes(b"")
+    cases = [((str(tmp_path / "adir"), "-o", str(tmp_path / "o.wav")), "is a directory"),
+             ((str(tmp_path / "in.wav"), "-o", str(tmp_path / "adir")), "output is a directory"),
+             ((str(tmp_path / "empty.wav"), "-o", str(tmp_path / "o.wav")), "empty file")]
+    for args, needle in cases:
+        code, _, err = run_cli(capsys, *args, "--checkpoint", str(checkpoint))
+        assert code == 2 and err.count("\n") == 1 and needle in err and "unexpected" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "empty.wav", "in.wav"]
+    assert list((tmp_path / "adir").iterdir()) == []
+
+
+def test_transfer_file_checks_its_paths_too(model, payload, tmp_path):
+    sf.write(str(tmp_path / "in.wav"), tone(220.0), SR)
+    with pytest.raises(TimbrelabError, match="is the input"):
+        transfer.transfer_file(tmp_path / "in.wav", tmp_path / "in.wav", model, payload)
+    with pytest.raises(TimbrelabError, match="is a directory"):
+        transfer.transfer_file(tmp_path, tmp_path / "o.wav", model, payload)
+    transfer.transfer_file(tmp_path / "in.wav", tmp_path / "o.flac", model, payload)
+    assert sf.info(str(tmp_path / "o.flac")).format == "FLAC"

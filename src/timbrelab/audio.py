@@ -6,6 +6,8 @@ Contract: float32 mono arrays at the pipeline's ``sample_rate`` (default 16000),
 from __future__ import annotations
 
 import os
+import re
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,11 +58,13 @@ def audio_info(path: str | os.PathLike) -> sf._SoundFileInfo:
 def load_audio(path: str | os.PathLike, sample_rate: int | None = DEFAULT_SAMPLE_RATE) -> tuple[np.ndarray, int]:
     """Read a whole file as float32 mono, resampled to ``sample_rate`` (None keeps the file's rate).
 
-    Formats libsndfile cannot read (mp3 on old builds, m4a, webm) are decoded with ffmpeg.
+    Formats libsndfile cannot read (mp3 on old builds, m4a, webm) are decoded with ffmpeg. A truncated
+    or damaged file is an AudioError (see :func:`check_complete`), never a silently shorter signal.
     """
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: no such file")
+    check_complete(path)
     try:
         audio, sr = sf.read(str(path), dtype="float32", always_2d=False)
     except Exception:
@@ -70,6 +74,111 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = DEFAULT_SAMPLE
     if sample_rate is not None and sr != sample_rate:
         audio, sr = resample(audio, sr, sample_rate), sample_rate
     return audio, sr
+
+
+# --------------------------------------------------------------------------------------------------
+# Truncated and damaged files: libsndfile and ffmpeg both decode what is there without complaint, so
+# compare with what the header declares (WAV, AIFF, FLAC) or watch for decode errors (everything else).
+
+
+def check_complete(path: str | os.PathLike) -> None:
+    """AudioError naming the file if it holds less audio than its header declares, or fails to decode.
+
+    WAV/RF64: the data chunk's size vs the bytes present; AIFF: COMM's frame count vs the frames
+    present; FLAC: STREAMINFO's total samples vs what decodes. OGG, MP3 and the rest declare no
+    length: the whole file is decoded with ffmpeg and any decode error rejects it.
+    """
+    path = Path(path)
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+    if head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE":
+        _check_wav(path)
+    elif head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        _check_aiff(path)
+    elif head[:4] == b"fLaC":
+        _check_flac(path)
+    else:
+        _check_decodes(path)
+
+
+def _truncated(path: Path, declared_s: float, present_s: float, what: str = "holds") -> AudioError:
+    return AudioError(f"{path}: truncated: the header declares {declared_s:.2f} s of audio but the file {what} "
+                      f"{present_s:.2f} s; copy or export it again")
+
+
+def _chunks(path: Path, big_endian: bool) -> Iterator[tuple[bytes, int, int]]:
+    """(id, declared size, offset of the payload) of each top-level RIFF/IFF chunk, from the header alone."""
+    size_fmt = ">I" if big_endian else "<I"
+    file_size = path.stat().st_size
+    with open(path, "rb") as handle:
+        offset = 12
+        while offset + 8 <= file_size:
+            handle.seek(offset)
+            header = handle.read(8)
+            chunk_id, size = header[:4], struct.unpack(size_fmt, header[4:])[0]
+            yield chunk_id, size, offset + 8
+            offset += 8 + size + (size & 1)
+
+
+def _check_wav(path: Path) -> None:
+    file_size = path.stat().st_size
+    byte_rate = 0
+    rf64_data = None
+    with open(path, "rb") as handle:
+        for chunk_id, size, at in _chunks(path, big_endian=False):
+            handle.seek(at)
+            if chunk_id == b"ds64":  # RF64: the real data size lives here
+                rf64_data = struct.unpack("<Q", handle.read(24)[8:16])[0]
+            elif chunk_id == b"fmt ":
+                byte_rate = struct.unpack("<I", handle.read(16)[8:12])[0]
+            elif chunk_id == b"data":
+                if size == 0xFFFFFFFF and rf64_data is not None:
+                    size = rf64_data
+                # 0 and 0xFFFFFFFF are what streaming writers leave when they never finalise: no length declared.
+                if size in (0, 0xFFFFFFFF) or byte_rate <= 0:
+                    return
+                present = file_size - at
+                if present < size:
+                    raise _truncated(path, size / byte_rate, present / byte_rate)
+                return
+
+
+def _check_aiff(path: Path) -> None:
+    with open(path, "rb") as handle:
+        for chunk_id, _size, at in _chunks(path, big_endian=True):
+            if chunk_id == b"COMM":
+                handle.seek(at)
+                declared = struct.unpack(">I", handle.read(6)[2:6])[0]
+                info = audio_info(path)
+                if info.samplerate > 0 and info.frames < declared:
+                    raise _truncated(path, declared / info.samplerate, info.frames / info.samplerate)
+                return
+
+
+def _check_flac(path: Path) -> None:
+    info = audio_info(path)
+    decoded = 0
+    try:
+        for block in sf.blocks(str(path), blocksize=4096, dtype="float32", always_2d=True):
+            decoded += block.shape[0]
+    except sf.LibsndfileError as exc:  # "lost sync": the stream stops mid-frame
+        if info.frames <= 0:
+            raise AudioError(f"{path}: damaged: cannot decode past {decoded / info.samplerate:.2f} s ({exc})") from exc
+    if 0 < decoded < info.frames or (info.frames > 0 and decoded == 0):
+        raise _truncated(path, info.frames / info.samplerate, decoded / info.samplerate, "decodes to")
+
+
+def _check_decodes(path: Path) -> None:
+    # -v error prints only real decode errors (CRC mismatch, invalid data); ffmpeg still exits 0 on some.
+    cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-f", "null", "-"]
+    result = subprocess.run(cmd, capture_output=True, check=False)
+    lines = [re.sub(r"^(\[[^\]]*\]\s*)+", "", line).strip()
+             for line in result.stderr.decode(errors="replace").splitlines()]
+    lines = [line for line in lines if line and not line.startswith("Last message repeated")]
+    if result.returncode != 0 or lines:
+        reason = lines[0] if lines else f"ffmpeg exit code {result.returncode}"
+        raise AudioError(f"{path}: damaged or not readable audio: decoding it fails ({reason}); "
+                         f"copy or export it again")
 
 
 def stream_blocks(path: str | os.PathLike, block_frames: int) -> Iterator[np.ndarray]:

@@ -4,20 +4,21 @@ unless --debug."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 
 from timbrelab.errors import ConfigError, run_main
 
 
-
 def _cmd_params(args: argparse.Namespace) -> None:
     from timbrelab import config
-    from timbrelab.tracking import repo_root
+    from timbrelab.paths import repo_root
+    from timbrelab.stages import stage_entry, stage_names
 
     target = Path(args.out) if args.out else repo_root() / config.PARAMS_FILE
-    text = config.composed_yaml(args.overrides)
+    # Every stage validates its section before anything is written: a bad value is one line naming its key.
+    schemas = {entry.STAGE: entry.SCHEMAS for entry in map(stage_entry, stage_names())}
+    text = config.composed_yaml(args.overrides, stage_schemas=schemas)
     if args.check:
         current = target.read_text(encoding="utf-8") if target.exists() else ""
         if current != text:
@@ -46,10 +47,13 @@ def _cmd_youtube_resolve(args: argparse.Namespace) -> None:
 def _cmd_cqt_resynth(args: argparse.Namespace) -> None:
     """Any audio -> its log-CQT (the pipeline's settings) -> audio again by Griffin-Lim phase recovery:
     what the CQT keeps and loses, and the no-model baseline of the evaluation."""
-    from timbrelab.audio import load_audio, save_wav
+    from timbrelab.audio import load_audio
+    from timbrelab.audio_out import check_input, check_output, save_audio
     from timbrelab.config import FeaturesConfig, load_params, validate
     from timbrelab.dsp.cqt import griffinlim, log_cqt
 
+    check_input(args.input)
+    check_output(args.output, inputs=(args.input,))
     try:
         cfg = validate(load_params().get("features", {}), FeaturesConfig, "features")
     except ConfigError:
@@ -60,21 +64,31 @@ def _cmd_cqt_resynth(args: argparse.Namespace) -> None:
                   log_floor=c.log_floor)
     spectrum = log_cqt(audio, sr, **kwargs)
     out = griffinlim(spectrum, sr, audio.shape[0], n_iter=args.iters or c.griffinlim_iters, **kwargs)
-    save_wav(args.output, out, sr)
+    save_audio(args.output, out, sr)
     print(f"wrote {args.output}: {audio.shape[0] / sr:.2f} s through a {c.n_bins}-bin log-CQT and back")
 
 
 def _cmd_transfer(args: argparse.Namespace) -> None:
-    """Source audio -> the target model's rendition: mono PCM_16 WAV at the model's rate, written atomically."""
+    """Source audio -> the target model's rendition: mono at the model's rate, written atomically in the
+    format the output's extension names (16-bit WAV/FLAC, OGG Vorbis, MP3 where libsndfile writes it)."""
     import warnings
 
-    from timbrelab import transfer
+    from timbrelab.audio_out import check_input, check_output
 
-    model, payload, source = transfer.load_transfer_model(args.checkpoint, args.run_id, model=args.model)
+    # Before the (slow) model load: the input must be a non-empty file, the output a new name for audio.
+    check_input(args.input)
+    check_output(args.output, inputs=(args.input, args.checkpoint))
+    from timbrelab.inference.loading import load_model
+    from timbrelab.models import registry
+
+    model, payload, source = load_model(args.model, checkpoint=args.checkpoint, run_id=args.run_id,
+                                        model_uri=args.model_uri)
+    family = registry.get(args.model).transfer
+    transfer, warning = registry.resolve(f"{family}:transfer_file"), registry.resolve(f"{family}:TransferWarning")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", transfer.TransferWarning)  # printed below, once, in the CLI's form
-        result = transfer.transfer_file(args.input, args.output, model, payload, octave_shift=args.octave_shift,
-                                        loudness_shift_db=args.loudness_shift)
+        warnings.simplefilter("ignore", warning)  # the result's warnings are printed below, once, in the CLI's form
+        result = transfer(args.input, args.output, model, payload, octave_shift=args.octave_shift,
+                          loudness_shift_db=args.loudness_shift)
     for message in result.warnings:
         print(f"timbrelab: warning: {message}", file=sys.stderr)
     domain = (payload.get("train_config") or {}).get("domain", "the target")
@@ -95,12 +109,19 @@ def _octave_shift_arg(value: str) -> str | int:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    """A trained DDSP -> its block-streaming TorchScript module (loadable without timbrelab)."""
-    from timbrelab.streaming import export_torchscript
-    from timbrelab.transfer import default_checkpoint
+    """A trained model that streams -> its block-streaming TorchScript module (loadable without timbrelab)."""
+    from timbrelab.inference.loading import default_checkpoint
+    from timbrelab.models import registry
 
-    checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
-    meta = export_torchscript(checkpoint, Path(args.output), args.block_size)
+    spec = registry.get(args.model)
+    if spec.export is None:
+        streams = [s.name for s in registry.MODELS.values() if s.export]
+        raise ConfigError(f"--model {args.model!r} does not stream; export takes one of {', '.join(streams)}")
+    checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint(args.model)
+    from timbrelab.audio_out import check_output
+
+    check_output(args.output, inputs=(checkpoint,), audio=False)  # a TorchScript file, never over the model
+    meta = spec.resolve("export")(checkpoint, Path(args.output), args.block_size)
     total = meta["total_latency_samples"]
     latency = f", latency {total} samples ({1000 * total / meta['sample_rate']:.0f} ms) with live features" \
         if total is not None else ""
@@ -109,8 +130,9 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_stage(args: argparse.Namespace) -> None:
-    module = importlib.import_module(f"timbrelab.stages.{args.name}")
-    code = module.main(args.args) if args.args else module.main()
+    from timbrelab.stages import run_stage_command
+
+    code = run_stage_command(args.name, args.args)
     if code:
         raise SystemExit(code)
 
@@ -138,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     resynth = sub.add_parser("cqt-resynth", help="audio -> log-CQT -> audio by Griffin-Lim (listen to a CQT)")
     resynth.add_argument("input", help="any audio file (any rate, any channels)")
-    resynth.add_argument("-o", "--output", required=True, help="WAV to write")
+    resynth.add_argument("-o", "--output", required=True, help="audio to write: .wav, .flac, .ogg (.mp3 where "
+                                                                 "libsndfile writes it)")
     resynth.add_argument("--iters", type=int, default=None, help="Griffin-Lim iterations (features.cqt.griffinlim_iters)")
     resynth.set_defaults(func=_cmd_cqt_resynth)
 
@@ -146,11 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                "model (mono WAV at the model's rate)")
     transfer.add_argument("input", help="source audio: any format, sample rate and channel count")
     transfer.add_argument("--model", default="ddsp",
-                          help="model family (ddsp; more to come); unknown names are an error listing the choices")
+                          help="registered model family (ddsp; more to come); unknown names are an error listing "
+                               "the choices")
     weights = transfer.add_mutually_exclusive_group()
-    weights.add_argument("--checkpoint", default=None, help="a model.pt (default: the pipeline's models/ddsp/model.pt)")
-    weights.add_argument("--run-id", default=None, help="an MLflow run id whose model.pt artifact to use")
-    transfer.add_argument("-o", "--output", required=True, help="WAV to write (atomically: nothing on error)")
+    weights.add_argument("--checkpoint", default=None, help="a model.pt (default: the pipeline's own, e.g. "
+                                                            "models/ddsp/model.pt)")
+    weights.add_argument("--run-id", default=None, help="an MLflow run id whose model/model.pt artifact to use")
+    weights.add_argument("--model-uri", default=None, metavar="URI",
+                         help="an MLflow model: models:/timbrelab-ddsp-cello/latest (or /<version>), runs:/<id>/model")
+    transfer.add_argument("-o", "--output", required=True,
+                          help="audio to write (atomically: nothing on error); the extension picks the format: "
+                               ".wav, .flac, .ogg (.mp3 where libsndfile writes it)")
     transfer.add_argument("--octave-shift", type=_octave_shift_arg, default="auto",
                           help="'auto' (nearest the target's mean pitch, the default) or whole octaves, e.g. -1")
     transfer.add_argument("--loudness-shift", type=float, default=0.0, metavar="DB",
@@ -158,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     transfer.set_defaults(func=_cmd_transfer)
 
     export = sub.add_parser("export", help="a trained DDSP as a block-streaming TorchScript file (play it live)")
+    export.add_argument("--model", default="ddsp", help="registered model family that streams (ddsp)")
     export.add_argument("--checkpoint", default=None, help="a model.pt (default: the pipeline's models/ddsp/model.pt)")
     export.add_argument("-o", "--output", required=True, help="TorchScript file to write (atomically), e.g. ddsp.ts")
     export.add_argument("--block-size", type=int, default=512, metavar="N",
@@ -165,9 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=_cmd_export)
 
     stage = sub.add_parser("stage", help="run one pipeline stage outside DVC (what dvc.yaml runs)")
-    from timbrelab.stages import STAGES
+    from timbrelab.stages import stage_names
 
-    stage.add_argument("name", choices=STAGES)
+    stage.add_argument("name", choices=stage_names())
     stage.add_argument("args", nargs="*", help="the stage's own arguments (evaluate: the system, e.g. ddsp)")
     stage.set_defaults(func=_cmd_stage)
     return parser

@@ -245,6 +245,11 @@ def validate(section: Any, schema: type[T], where: str) -> T:
                 hint = _suggest(leaf, [str(k) for k in parent.keys()])
         message = str(getattr(exc, "msg", exc)).splitlines()[0]
         raise ConfigError(f"{where}.{key}: {message}{hint}") from None
+    except ConfigError as exc:
+        # A schema's own check names its key relative to its section (``trainer.devices``): add the section.
+        if str(exc).startswith(where):
+            raise
+        raise ConfigError(f"{where}.{exc}") from None
     return obj  # type: ignore[return-value]
 
 
@@ -261,7 +266,7 @@ def from_known_keys(schema: type[T], params: Any, where: str) -> T:
 
 def params_path() -> Path:
     """params.yaml of the repository the stage runs in (``TIMBRELAB_PARAMS`` overrides)."""
-    from timbrelab.tracking import repo_root
+    from timbrelab.paths import repo_root
 
     override = os.environ.get("TIMBRELAB_PARAMS")
     return Path(override) if override else repo_root() / PARAMS_FILE
@@ -326,7 +331,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), conf_dir: str | os.Path
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from timbrelab.tracking import repo_root
+    from timbrelab.paths import repo_root
 
     conf = Path(conf_dir) if conf_dir else repo_root() / CONF_DIR
     try:
@@ -338,17 +343,35 @@ def compose(overrides: list[str] | tuple[str, ...] = (), conf_dir: str | os.Path
     return cfg
 
 
-def composed_yaml(overrides: list[str] | tuple[str, ...] = (), conf_dir: str | os.PathLike | None = None) -> str:
-    """params.yaml text exactly as `dvc exp run` writes it (OmegaConf.to_yaml of the resolved config)."""
+def composed_yaml(overrides: list[str] | tuple[str, ...] = (), conf_dir: str | os.PathLike | None = None, *,
+                  stage_schemas: dict[str, Any] | None = None) -> str:
+    """params.yaml text exactly as `dvc exp run` writes it (OmegaConf.to_yaml of the resolved config).
+
+    With ``stage_schemas`` ({section: the stage's SCHEMAS}, the stage table's), every section is validated
+    first (:func:`validate_params`): a bad value raises a ConfigError naming its key, and no text comes back.
+    """
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_yaml(compose(overrides, conf_dir))
+    cfg = compose(overrides, conf_dir)
+    if stage_schemas is not None:
+        validate_params(OmegaConf.to_container(cfg), stage_schemas)
+    return OmegaConf.to_yaml(cfg)
 
 
-def write_params(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> str:
+def validate_params(params: dict[str, Any], stage_schemas: dict[str, Any]) -> None:
+    """Validate each stage's section of composed ``params`` the way the stage itself will at start."""
+    for stage, schemas in stage_schemas.items():
+        load_stage_config(stage, schemas, params)
+
+
+def write_params(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (), *,
+                 stage_schemas: dict[str, Any]) -> str:
+    """Compose, validate every stage's section against ``stage_schemas``, then write ``path`` atomically
+    (a bad value leaves ``path`` untouched). config may not import the stage table: the caller passes it
+    (``{e.STAGE: e.SCHEMAS for e in map(stage_entry, stage_names())}``)."""
     from timbrelab.fsutil import atomic_write_text
 
-    text = composed_yaml(overrides)
+    text = composed_yaml(overrides, stage_schemas=stage_schemas)
     atomic_write_text(path, text)
     return text
 

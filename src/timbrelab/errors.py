@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -23,7 +24,20 @@ class DownloadError(TimbrelabError):
     """A network source that failed after retries."""
 
 
+class Terminated(TimbrelabError):
+    """The process was asked to stop (SIGTERM: a kill, a scheduler's pre-emption) and stopped cleanly: exit
+    128 + 15, the shells' and schedulers' convention for "terminated", so nobody mistakes it for success."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
 EXIT_USAGE = 2
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name: what a one-line error quotes of a cause."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def run_main(fn: Callable[[], object], *, debug: bool | None = None) -> int:
@@ -38,6 +52,9 @@ def run_main(fn: Callable[[], object], *, debug: bool | None = None) -> int:
     except KeyboardInterrupt:
         print("timbrelab: interrupted", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print(f"timbrelab: terminated: {' '.join(str(exc).split())}", file=sys.stderr)
+        return exc.exit_code
     except SystemExit:
         raise
     except Exception as exc:  # noqa: BLE001 - the whole point is one catch-all at the edge

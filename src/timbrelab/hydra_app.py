@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from timbrelab.errors import TimbrelabError
+from timbrelab.errors import Terminated, TimbrelabError
 
 
 def _multirun_sweeper(hydra_cfg: Any) -> Any:
@@ -70,14 +70,14 @@ def check_ddp_in_sweep(params: dict[str, Any], stage: str, *, multirun: bool) ->
             f"{stage}.trainer asks for {world} processes (DDP) inside a `timbrelab-train -m` sweep: Lightning would "
             "start the other ranks by re-running this command line, i.e. the whole sweep again. Run each point as "
             "a single run, queue DVC experiments (`dvc exp run --queue -S trainer=ddp ...`), or sweep on SLURM "
-            "with hydra/launcher=slurm (one task per device); README: Scaling out")
+            "with hydra/launcher=slurm (one task per device); docs/scaling-out.md")
 
 
 def _job(cfg) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from timbrelab.stages import stage_module
+    from timbrelab.stages import stage_entry
     from timbrelab.stages.common import execute_stage
 
     params = OmegaConf.to_container(cfg, resolve=True)
@@ -90,9 +90,12 @@ def _job(cfg) -> float | None:
     required = sweeper is not None and not str(sweeper.get("_target_", "")).endswith("BasicSweeper")
     try:
         check_ddp_in_sweep(params, stage, multirun=sweeper is not None)
-        module = stage_module(stage)
+        module = stage_entry(stage)
         result = execute_stage(stage, module.SCHEMAS, module.run, params=params, extra_tags=tags)
         return objective_value(stage, objective, result.metrics, required=required)
+    except Terminated as exc:   # SIGTERM (a scheduler's pre-emption): not a success, and resumable
+        print(f"timbrelab: terminated: {' '.join(str(exc).split())}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     except TimbrelabError as exc:
         # The one-line convention, also under Hydra (which would otherwise print its own traceback).
         print(f"timbrelab: error: {' '.join(str(exc).split())}", file=sys.stderr)
@@ -102,7 +105,7 @@ def _job(cfg) -> float | None:
 def main() -> None:
     import hydra
 
-    from timbrelab.tracking import repo_root
+    from timbrelab.paths import repo_root
 
     conf = repo_root() / "conf"
     if not (conf / "train.yaml").is_file():

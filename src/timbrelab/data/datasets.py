@@ -47,8 +47,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
 from timbrelab.errors import ConfigError, TimbrelabError
 from timbrelab.fsutil import read_json
@@ -245,7 +244,7 @@ def _rng(seed: int, epoch: int, stream: int, index: int | None = None) -> np.ran
     return np.random.default_rng(entropy)
 
 
-def _check_seed(seed: int) -> int:
+def check_seed(seed: int) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, found {seed!r}")
     return seed
@@ -269,7 +268,7 @@ class EpochSampler(Sampler):
     (no item repeated to even them out). ``handed`` lists the keys handed out so far in the current pass."""
 
     def __init__(self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1):
-        self.n, self.seed, self.shuffle, self.epoch = int(n), _check_seed(seed), shuffle, 0
+        self.n, self.seed, self.shuffle, self.epoch = int(n), check_seed(seed), shuffle, 0
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside a world of {world_size} processes")
         if world_size > self.n:
@@ -301,7 +300,7 @@ class _EpochDataset(Dataset):
     """Shared key handling: ``int`` (uses ``self.epoch``) or ``(epoch, index)`` from :class:`EpochSampler`."""
 
     def __init__(self, seed: int):
-        self.seed = _check_seed(seed)
+        self.seed = check_seed(seed)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -483,117 +482,3 @@ class WaveNetDataset(_CropDataset):
         hop = self.split.cqt_hop
         audio = self.split.audio(index, start * hop, (start + self.crop_frames) * hop)
         return {"cqt": torch.from_numpy(cqt), "audio": torch.from_numpy(audio)}
-
-
-# --------------------------------------------------------------------------------------------------
-# DataModules
-
-
-class _FeatureDataModule(LightningDataModule):
-    """Train loader on ``train`` (shuffled by :class:`EpochSampler`, random crops), val on ``valid`` and
-    test on ``test`` (in order, crops at 0). Every loader has a seeded generator and
-    :func:`seed_worker`, so batches are identical across runs and for any ``num_workers``."""
-
-    def __init__(self, features_root: str | os.PathLike, batch_size: int, num_workers: int = 0, seed: int = 0):
-        super().__init__()
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive integer, found {batch_size!r}")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ConfigError(f"num_workers must be a non-negative integer, found {num_workers!r}")
-        self.features_root = Path(features_root)
-        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, _check_seed(seed)
-        self.datasets: dict[str, Dataset] = {}
-
-    def stats_path(self, domain: str) -> Path:
-        if not (self.features_root / domain).is_dir():
-            raise TimbrelabError(f"{self.features_root / domain}: no such feature domain (the features stage "
-                                 f"writes the domains in features.domains); {REPRO}")
-        return self.features_root / domain / "stats.json"
-
-    def stats(self, domain: str) -> dict[str, Any]:
-        """The checked ``<features_root>/<domain>/stats.json`` (for models: loudness and pitch ranges)."""
-        return load_stats(self.stats_path(domain))
-
-    def _make(self, split: str, train: bool) -> Dataset:
-        raise NotImplementedError
-
-    def setup(self, stage: str | None = None) -> None:
-        wanted = {"validate": ("valid",), "test": ("test",), "predict": ("test",)}
-        for split in wanted.get(stage or "fit", ("train", "valid")):
-            self._dataset(split)
-
-    def _dataset(self, split: str) -> Dataset:
-        if split not in self.datasets:
-            self.datasets[split] = self._make(split, train=split == "train")
-        return self.datasets[split]
-
-    def _loader(self, split: str) -> DataLoader:
-        # Evaluation loaders keep plain int keys: their datasets stay at epoch 0 (fixed crops, pairings)
-        # even though Lightning also calls set_epoch on evaluation samplers.
-        dataset = self._dataset(split)
-        return DataLoader(
-            dataset, batch_size=self.batch_size,
-            sampler=EpochSampler(len(dataset), self.seed, **self._shard()) if split == "train" else None,
-            num_workers=self.num_workers, worker_init_fn=seed_worker,
-            generator=torch.Generator().manual_seed(self.seed),
-            persistent_workers=self.num_workers > 0, drop_last=False,
-        )
-
-    def _shard(self) -> dict[str, int]:
-        """This process's share of the train split: its rank and the world size of the trainer the module is
-        attached to (Lightning sets ``self.trainer`` before it asks for loaders); the whole split otherwise."""
-        trainer = self.trainer
-        if trainer is None:
-            return {"rank": 0, "world_size": 1}
-        return {"rank": int(trainer.global_rank), "world_size": int(trainer.world_size)}
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("valid")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-
-class DDSPDataModule(_FeatureDataModule):
-    """:class:`DDSPDataset` batches of one domain: ``audio (B, F * frame_hop)``, the rest ``(B, F)``."""
-
-    def __init__(self, features_root: str | os.PathLike, domain: str, batch_size: int,
-                 crop_seconds: float | None, num_workers: int = 0, seed: int = 0):
-        super().__init__(features_root, batch_size, num_workers, seed)
-        self.domain, self.crop_seconds = domain, crop_seconds
-
-    def _make(self, split: str, train: bool) -> Dataset:
-        root = self.features_root / self.domain
-        return DDSPDataset(root / split, self.stats_path(self.domain), self.crop_seconds, self.seed, random_crop=train)
-
-
-class CycleGANDataModule(_FeatureDataModule):
-    """:class:`UnpairedCQTDataset` batches: ``a``, ``b`` each ``(B, 1, n_bins, crop_frames)``."""
-
-    def __init__(self, features_root: str | os.PathLike, domain_a: str, domain_b: str, batch_size: int,
-                 crop_frames: int, num_workers: int = 0, seed: int = 0):
-        super().__init__(features_root, batch_size, num_workers, seed)
-        self.domain_a, self.domain_b, self.crop_frames = domain_a, domain_b, crop_frames
-
-    def _make(self, split: str, train: bool) -> Dataset:
-        root = self.features_root
-        return UnpairedCQTDataset(root / self.domain_a / split, root / self.domain_b / split,
-                                  self.stats_path(self.domain_a), self.stats_path(self.domain_b),
-                                  self.crop_frames, self.seed, random_crop=train)
-
-
-class WaveNetDataModule(_FeatureDataModule):
-    """:class:`WaveNetDataset` batches: ``cqt (B, n_bins, crop_frames)``, ``audio (B, crop_frames * cqt_hop)``."""
-
-    def __init__(self, features_root: str | os.PathLike, domain: str, batch_size: int, crop_frames: int,
-                 num_workers: int = 0, seed: int = 0):
-        super().__init__(features_root, batch_size, num_workers, seed)
-        self.domain, self.crop_frames = domain, crop_frames
-
-    def _make(self, split: str, train: bool) -> Dataset:
-        root = self.features_root / self.domain
-        return WaveNetDataset(root / split, self.stats_path(self.domain), self.crop_frames, self.seed,
-                              random_crop=train)

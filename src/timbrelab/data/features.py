@@ -102,6 +102,34 @@ def _init_worker(cfg: FeaturesConfig, threads: int | None = None) -> None:
     _WORKER_CFG = cfg
     if threads:  # in a pool: one compute thread per process, the processes fill the cores
         os.environ["TIMBRELAB_ONNX_THREADS"] = str(threads)
+        # The parent compiled everything under the cache lock (warm_up); a worker that still meets an
+        # uncompiled signature keeps it in memory rather than race its siblings writing numba's cache.
+        from timbrelab.dsp.numba_cache import forbid_cache_writes
+
+        forbid_cache_writes()
+
+
+WARM_UP_SECONDS = 0.5
+
+
+def warm_up(cfg: FeaturesConfig) -> None:
+    """Compile (or load from numba's cache) every librosa kernel :func:`_work` runs, in this process and
+    under :func:`timbrelab.dsp.numba_cache.cache_lock`, before any worker starts: numba writes its cache
+    without a lock, and two processes compiling the same function at once can poison it for the venv.
+
+    The clip goes through :func:`_work`'s own path (PCM_16 -> float32 -> :func:`clip_features` with
+    ``cfg``), so the kernels see the same argument types: half a second of a tone with harmonics, then
+    silence (voiced and unvoiced frames for pYIN's Viterbi, the silence rule, the loudness floor).
+    """
+    from timbrelab.dsp.numba_cache import cache_lock
+
+    sr = cfg.sample_rate
+    t = np.arange(int(sr * WARM_UP_SECONDS)) / sr
+    tone = sum(0.2 / k * np.sin(2 * np.pi * 220.0 * k * t) for k in (1, 2, 3))
+    tone[t.size // 2:] = 0.0
+    pcm = np.round(tone * 32767.0).astype(np.int16)
+    with cache_lock():
+        clip_features(pcm.astype(np.float32) / 32768.0, cfg)
 
 
 def _work(path: str) -> tuple[np.ndarray | None, dict | None, str | None]:
@@ -123,8 +151,10 @@ def _work(path: str) -> tuple[np.ndarray | None, dict | None, str | None]:
 def clip_mapper(cfg: FeaturesConfig) -> Iterator[Callable[[list[str]], Iterable]]:
     """``map`` over clip paths with ``cfg.workers`` processes, started once for the whole stage
     (each worker pays the imports and numba's compilation once). Results come back in input order,
-    so the arrays are identical for any number of workers."""
+    so the arrays are identical for any number of workers. numba's kernels are compiled first, here,
+    under a lock (:func:`warm_up`): no worker ever compiles what another may be writing."""
     _init_worker(cfg)
+    warm_up(cfg)
     if cfg.workers <= 1:
         yield lambda paths: map(_work, paths)
         return

@@ -22,7 +22,7 @@ from typing import Any
 import soundfile as sf
 from tqdm import tqdm
 
-from timbrelab.audio import AUDIO_EXTENSIONS, ffmpeg_exe
+from timbrelab.audio import AUDIO_EXTENSIONS, check_complete, ffmpeg_exe
 from timbrelab.config import LocalFolderConfig
 from timbrelab.errors import AudioError, TimbrelabError
 from timbrelab.f0track import F0_SUFFIX
@@ -108,16 +108,21 @@ def probe_audio(path: str | os.PathLike) -> tuple[float, int, int]:
     """(duration_s, sample_rate, channels) of an audio file; AudioError naming the file otherwise.
 
     libsndfile answers from the header (and reads one block to catch garbage after a valid header);
-    formats it cannot read are probed by decoding them with ffmpeg to a null sink.
+    formats it cannot read are probed by decoding them with ffmpeg to a null sink. Either way a file
+    shorter than its header declares, or one that fails to decode, is an AudioError
+    (:func:`timbrelab.audio.check_complete`).
     """
     try:
         info = sf.info(str(path))
         with sf.SoundFile(str(path)) as handle:
             handle.read(min(info.frames, 4096), dtype="float32")
     except Exception:  # noqa: BLE001 - libsndfile raises several error types; ffmpeg gets a go
-        return _probe_with_ffmpeg(path)
+        probed = _probe_with_ffmpeg(path)
+        check_complete(path)
+        return probed
     if info.frames <= 0 or info.samplerate <= 0:
         raise AudioError(f"{path}: no audio samples")
+    check_complete(path)
     return info.frames / info.samplerate, int(info.samplerate), int(info.channels)
 
 

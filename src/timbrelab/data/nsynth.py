@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+import os
 import re
 import shutil
 import tarfile
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 
 from timbrelab.data import nsynth_schema
 from timbrelab.errors import ConfigError, DownloadError, TimbrelabError
-from timbrelab.fsutil import atomic_dir, atomic_write_json, sha256_file
+from timbrelab.fsutil import atomic_dir, atomic_write_json, atomic_write_text, sha256_file
 
 ARCHIVE_NAME = "nsynth-{split}.jsonwav.tar.gz"
 CHUNK_BYTES = 1 << 20            # download / copy chunk: memory stays bounded whatever the size
@@ -74,6 +75,23 @@ def _content_length(headers: Any) -> int | None:
 
 def _part_size(part: Path) -> int:
     return part.stat().st_size if part.exists() else 0
+
+
+# The cache is keyed by URL: ``<file>.url`` says where ``<file>`` (the archive or its .part) came from,
+# so a changed url_template never reuses, or resumes, another URL's bytes.
+def _source_file(path: Path) -> Path:
+    return path.with_name(path.name + ".url")
+
+
+def _came_from(path: Path, url: str) -> bool:
+    try:
+        return _source_file(path).read_text(encoding="utf-8") == url
+    except OSError:
+        return False
+
+
+def _note_source(path: Path, url: str) -> None:
+    atomic_write_text(_source_file(path), url)
 
 
 def _attempt(url: str, part: Path, *, timeout_s: float, progress: bool, desc: str) -> int | None:
@@ -170,34 +188,13 @@ def _attempt(url: str, part: Path, *, timeout_s: float, progress: bool, desc: st
     return total
 
 
-def download(url: str, dest: Path, *, retries: int = 5, timeout_s: float = 60,
-             expected_sha256: str | None = None, progress: bool = True) -> Path:
-    """Download ``url`` to ``dest``, resuming ``<dest>.part`` with HTTP Range after interruptions.
-
-    ``retries`` counts consecutive failed attempts that made no progress (an attempt that grows the
-    .part file resets the count, so a long download on a flaky line keeps going). The final size is
-    checked against Content-Length / Content-Range and the sha256 against ``expected_sha256``; only
-    then is the .part renamed onto ``dest``. An existing ``dest`` (with the right sha256, when given) is
-    returned without any request.
-    """
-    dest = Path(dest)
-    expected = expected_sha256.strip().lower() if expected_sha256 else None
-    if dest.is_file():
-        if expected is None:
-            return dest
-        actual = sha256_file(dest)
-        if actual == expected:
-            return dest
-        # A stale or damaged copy: download again; it is replaced only once the new one verifies.
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_suffix(dest.suffix + ".part")
-
+def _attempts(url: str, part: Path, desc: str, *, retries: int, timeout_s: float, progress: bool) -> int | None:
+    """Attempt after attempt until one completes; DownloadError after ``retries`` in a row without progress."""
     failures = 0
     best = _part_size(part)
     while True:
         try:
-            total = _attempt(url, part, timeout_s=timeout_s, progress=progress, desc=dest.name)
-            break
+            return _attempt(url, part, timeout_s=timeout_s, progress=progress, desc=desc)
         except _Interrupted as exc:
             size = _part_size(part)
             if size > best:
@@ -211,6 +208,38 @@ def download(url: str, dest: Path, *, retries: int = 5, timeout_s: float = 60,
                     f"the URL or your connection; {again}") from exc
             time.sleep(min(RETRY_BACKOFF_S * 2 ** (failures - 1), RETRY_BACKOFF_MAX_S))
 
+
+def download(url: str, dest: Path, *, retries: int = 5, timeout_s: float = 60,
+             expected_sha256: str | None = None, progress: bool = True) -> Path:
+    """Download ``url`` to ``dest``, resuming ``<dest>.part`` with HTTP Range after interruptions.
+
+    ``retries`` counts consecutive failed attempts that made no progress (an attempt that grows the
+    .part file resets the count, so a long download on a flaky line keeps going). The final size is
+    checked against Content-Length / Content-Range and the sha256 against ``expected_sha256``; only
+    then is the .part renamed onto ``dest``. An existing ``dest`` is returned without any request when
+    it came from ``url`` (``<dest>.url``) or has the expected sha256; a ``.part`` is resumed only when
+    it came from ``url``.
+    """
+    dest = Path(dest)
+    expected = expected_sha256.strip().lower() if expected_sha256 else None
+    if dest.is_file():
+        if expected is None and _came_from(dest, url):
+            return dest
+        if expected is not None and sha256_file(dest) == expected:
+            _note_source(dest, url)  # the sha256 proves it is the configured content
+            return dest
+        # From another URL, stale or damaged: download again; replaced only once the new one verifies.
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_suffix(dest.suffix + ".part")
+    if part.exists() and not _came_from(part, url):
+        part.unlink()  # another URL's partial download: resuming it would splice two files
+    _note_source(part, url)
+    try:
+        total = _attempts(url, part, dest.name, retries=retries, timeout_s=timeout_s, progress=progress)
+    finally:
+        if not part.exists():  # nothing to resume: no record of one either
+            _source_file(part).unlink(missing_ok=True)
+
     size = _part_size(part)
     if total is not None and size != total:  # _attempt already guarantees this; belt and braces
         raise DownloadError(f"{url}: got {size} bytes, expected {total}; rerun to resume")
@@ -218,11 +247,15 @@ def download(url: str, dest: Path, *, retries: int = 5, timeout_s: float = 60,
         actual = sha256_file(part)
         if actual != expected:
             part.unlink(missing_ok=True)
+            _source_file(part).unlink(missing_ok=True)
             raise DownloadError(
                 f"{url}: sha256 mismatch (expected {expected}, got {actual}); the file on the server "
                 f"differs from the configured sha256; the download was deleted: fix the sha256 in the "
                 f"config or the URL, then rerun")
+    _source_file(dest).unlink(missing_ok=True)  # never a moment where dest is credited to the wrong URL
     part.replace(dest)
+    _note_source(dest, url)
+    _source_file(part).unlink(missing_ok=True)
     return dest
 
 
@@ -430,6 +463,17 @@ def _items(out_root: Path, split: str, url: str) -> list[dict[str, Any]]:
     return items
 
 
+def _path_free(reason: str, folder: Path) -> str:
+    """A failure reason without ``folder``'s absolute path: manifests must not depend on the machine."""
+    return reason.replace(f"{folder}{os.sep}", "").replace(str(folder), folder.name)
+
+
+def _note_failures(stats: dict[str, Any], split: str, url: str) -> list[dict[str, Any]]:
+    """extract_split's skipped notes as manifest failures: a split missing a wav is not 'failed: 0'."""
+    return [{"split": split, "id": entry["id"], "url": url, "reason": entry["reason"]}
+            for entry in stats.get("skipped", [])]
+
+
 def _splits(cfg: Any) -> list[str]:
     splits = [str(s) for s in _as_list(cfg.splits)]
     if not splits:
@@ -440,7 +484,9 @@ def _splits(cfg: Any) -> list[str]:
 def acquire_download(cfg: Any, out_root: Path, *, progress: bool = True) -> dict[str, Any]:
     """Download (or reuse from ``cfg.cache_dir``) and extract every split in ``cfg.splits``.
 
-    Returns ``{"splits": {split: stats}, "items": [...], "failed": [{"split", "url", "reason"}]}``.
+    Returns ``{"splits": {split: stats}, "items": [...], "failed": [{"split", "url", "reason"}]}``; a
+    failed split has no ``id``, a note the extraction skipped (see :func:`extract_split`) has one.
+    Reasons name files, not this machine's folders.
     """
     out_root = Path(out_root)
     cache = Path(str(cfg.cache_dir))
@@ -456,10 +502,11 @@ def acquire_download(cfg: Any, out_root: Path, *, progress: bool = True) -> dict
         except ConfigError:
             raise
         except TimbrelabError as exc:
-            summary["failed"].append({"split": split, "url": url, "reason": str(exc)})
+            summary["failed"].append({"split": split, "url": url, "reason": _path_free(str(exc), cache)})
             continue
         summary["splits"][split] = stats
         summary["items"].extend(_items(out_root, split, url))
+        summary["failed"].extend(_note_failures(stats, split, url))
     return summary
 
 
@@ -484,8 +531,10 @@ def acquire_local(cfg: Any, out_root: Path) -> dict[str, Any]:
         except ConfigError:
             raise
         except TimbrelabError as exc:
-            summary["failed"].append({"split": split, "url": str(archive), "reason": str(exc)})
+            summary["failed"].append({"split": split, "url": f"local:{archive.name}",
+                                      "reason": _path_free(str(exc), Path(root))})
             continue
         summary["splits"][split] = stats
         summary["items"].extend(_items(out_root, split, f"local:{archive.name}"))
+        summary["failed"].extend(_note_failures(stats, split, f"local:{archive.name}"))
     return summary

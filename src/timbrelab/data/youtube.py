@@ -562,6 +562,10 @@ def acquire(
         params["progress_hooks"] = [hook]
 
     def record(entry: Mapping[str, Any], status: str, reason: str) -> None:
+        # Name files, not this machine's folders: the manifest must not depend on where the repo lives.
+        reason = str(reason)
+        for folder in (cache.downloads, cache.root, out_dir):
+            reason = reason.replace(f"{folder}{os.sep}", "")
         failed.append({"id": entry["id"], "url": entry["url"], "title": entry["title"],
                        "status": status, "reason": _one_line(reason)})
         log.log(logging.INFO if status == "filtered" else logging.WARNING,

@@ -42,7 +42,7 @@ def a_weights(n_fft: int, sample_rate: int) -> np.ndarray:
     return np.power(10.0, np.asarray(a_db, dtype=np.float64) / 10.0)
 
 
-def _bin_power_weights(n_fft: int, sample_rate: int, window: np.ndarray) -> np.ndarray:
+def bin_power_weights(n_fft: int, sample_rate: int, window: np.ndarray) -> np.ndarray:
     """(1 + n_fft // 2,) float64: A-weights times the one-sided Parseval factor ``c_k / (n_fft * sum(w**2))``."""
     one_sided = np.full(n_fft // 2 + 1, 2.0)
     one_sided[0] = 1.0
@@ -77,7 +77,7 @@ def a_weighted_loudness(audio: np.ndarray, sample_rate: int, hop: int, *, n_fft:
     padded[half:half + length] = y[:length]
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]  # (total, n_fft) view
     window = scipy.signal.get_window("hann", n_fft, fftbins=True).astype(np.float32)
-    weights = _bin_power_weights(n_fft, sample_rate, window)
+    weights = bin_power_weights(n_fft, sample_rate, window)
 
     power = np.empty(total, dtype=np.float64)
     block = max(1, _FRAMES_PER_BLOCK_ELEMENTS // n_fft)

@@ -126,10 +126,15 @@ def _swift_detector():
     return swift_f0.SwiftF0(threads=threads)
 
 
+def swift_detector():
+    """The process's one SwiftF0 detector (built on first use, under a lock: threads may ask at once)."""
+    with _SWIFT_LOCK:
+        return _swift_detector()
+
+
 def _run_swift(audio16k: np.ndarray, grid_hop16k: float, fmin: float, fmax: float) -> RawTrack:
     del grid_hop16k  # swift has a fixed hop
-    with _SWIFT_LOCK:
-        detector = _swift_detector()
+    detector = swift_detector()
     result = detector.detect(audio16k, INTERNAL_RATE, fmin=fmin, fmax=fmax)
     k = np.arange(result.pitch_hz.shape[0], dtype=np.float64)
     conf = np.clip(np.nan_to_num(result.confidence, nan=0.0), 0.0, 1.0)

@@ -377,7 +377,7 @@ def frequency_sampled_fir(magnitudes: Tensor, window_size: int = DEFAULT_NOISE_W
     return (centred * window).reshape(*lead, window_size)
 
 
-def _fast_len(n: int) -> int:
+def fast_len(n: int) -> int:
     """Smallest power of two >= n (FFT size)."""
     return 1 << max(0, int(n) - 1).bit_length()
 
@@ -413,7 +413,7 @@ def time_varying_filter(signal: Tensor, magnitudes: Tensor, hop: int, *,
     slices = padded.unfold(1, seg, hop)                                             # (B, F, 2 hop)
     window = torch.hann_window(seg, periodic=True, dtype=signal.dtype, device=signal.device)
     out_len = seg + window_size - 1
-    n_fft = _fast_len(out_len)
+    n_fft = fast_len(out_len)
     spectrum = torch.fft.rfft(slices * window, n=n_fft) * torch.fft.rfft(irs, n=n_fft)
     pieces = torch.fft.irfft(spectrum, n=n_fft)[..., :out_len]                      # (B, F, out_len)
     total = (num_frames - 1) * hop + out_len
@@ -455,7 +455,7 @@ def fft_convolve(signal: Tensor, ir: Tensor) -> Tensor:
         raise ValueError(f"fft_convolve expects signal (B, n) and ir (n_ir,) or (B, n_ir), got "
                          f"{tuple(signal.shape)} and {tuple(ir.shape)}")
     n = signal.shape[-1]
-    n_fft = _fast_len(n + ir.shape[-1] - 1)
+    n_fft = fast_len(n + ir.shape[-1] - 1)
     spectrum = torch.fft.rfft(signal, n=n_fft) * torch.fft.rfft(ir.to(signal.dtype), n=n_fft)
     return torch.fft.irfft(spectrum, n=n_fft)[..., :n]
 

@@ -34,17 +34,16 @@ small one), with clip and start drawn from ``(seed, step)`` alone; the weights' 
 happen inside a forked torch RNG seeded by ``seed``, so training is deterministic and leaves the global RNG
 alone. Evaluation covers every test clip with the patches of :func:`patch_starts`.
 
-Checkpoints (:func:`save_classifier` / :func:`load_classifier`): plain containers and tensors, model_type
-``"timbre_classifier"``, loadable with ``torch.load(weights_only=True)``.
+Checkpoints (:func:`save_classifier` / :func:`load_classifier`): the one contract of
+:mod:`timbrelab.models.checkpoint`, model_type ``"timbre_classifier"``, the CQT grid as its stats.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -54,112 +53,18 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from timbrelab.data.datasets import FeatureSplit, cqt_normaliser
-from timbrelab.config import from_known_keys
 from timbrelab.errors import ConfigError, TimbrelabError
-from timbrelab.fsutil import atomic_write_bytes
+from timbrelab.models import registry
+from timbrelab.models.checkpoint import make_payload, plain, save_checkpoint
+from timbrelab.models.classifier import GRID_KEYS, MODEL_TYPE, ClassifierConfig, TimbreClassifier
+from timbrelab.models.registry import Example
 
-MODEL_TYPE = "timbre_classifier"
-CHECKPOINT_FORMAT = 1
-# Grid keys every domain must share, and that a caller needs to compute the same CQT for new audio.
-GRID_KEYS = ("sample_rate", "cqt_hop", "n_bins", "fmin_hz", "bins_per_octave", "log_floor")
 REPRO = "rerun `dvc repro features`"
 
 
 # ----------------------------------------------------------------------------------------------- model
 
-class TimbreClassifier(nn.Module):
-    """CNN over log-CQT patches -> ``(B, embed_dim)`` embeddings -> ``(B, K)`` logits over ``domains``.
-
-    ``n_bins`` is the CQT grid it was trained on (inputs must match); ``cqt_std`` the fixed input scale
-    (a buffer, so it travels with the weights). See the module doc for the normalisation and why the
-    pooling makes it pitch-robust.
-    """
-
-    def __init__(self, domains: Sequence[str], n_bins: int, patch_frames: int = 32,
-                 channels: Sequence[int] = (16, 32, 64, 64), embed_dim: int = 64, cqt_std: float = 1.0):
-        super().__init__()
-        if len(domains) < 2 or len(set(domains)) != len(domains):
-            raise ConfigError(f"the classifier needs at least two distinct domains, found {list(domains)}")
-        self.domains = tuple(str(d) for d in domains)
-        self.n_bins, self.patch_frames = int(n_bins), int(patch_frames)
-        self.channels, self.embed_dim = tuple(int(c) for c in channels), int(embed_dim)
-        self.register_buffer("cqt_std", torch.tensor(float(cqt_std), dtype=torch.float32))
-        self.grid: dict[str, Any] = {}   # the features' CQT grid (GRID_KEYS), set by training / loading
-        blocks, width = [], 1
-        for out in self.channels:
-            blocks += [nn.Conv2d(width, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(),
-                       nn.MaxPool2d(2, ceil_mode=True)]
-            width = out
-        self.features = nn.Sequential(*blocks)
-        self.project = nn.Linear(2 * width, self.embed_dim)
-        self.head = nn.Linear(self.embed_dim, len(self.domains))
-
-    def config(self) -> dict[str, Any]:
-        """The constructor's arguments as plain values (what a checkpoint stores)."""
-        return {"domains": list(self.domains), "n_bins": self.n_bins, "patch_frames": self.patch_frames,
-                "channels": list(self.channels), "embed_dim": self.embed_dim}
-
-    def normalise(self, cqt: Tensor) -> Tensor:
-        """Raw log-CQT ``(B, n_bins, T)`` or ``(B, 1, n_bins, T)`` -> ``(B, 1, n_bins, T)``: minus each
-        patch's mean, over the fixed scale."""
-        x = cqt.unsqueeze(1) if cqt.ndim == 3 else cqt
-        if x.ndim != 4 or x.shape[1] != 1 or x.shape[2] != self.n_bins:
-            raise ValueError(f"expected log-CQT patches (B, {self.n_bins}, T) or (B, 1, {self.n_bins}, T), "
-                             f"got {tuple(cqt.shape)}")
-        x = x.float()
-        return (x - x.mean(dim=(2, 3), keepdim=True)) / self.cqt_std
-
-    def embed(self, cqt: Tensor) -> Tensor:
-        """Raw log-CQT patches -> ``(B, embed_dim)`` embeddings (pooled over frequency and time)."""
-        h = self.features(self.normalise(cqt))
-        pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
-        return self.project(pooled)
-
-    def forward(self, cqt: Tensor) -> Tensor:
-        """Raw log-CQT patches -> ``(B, len(domains))`` logits."""
-        return self.head(self.embed(cqt))
-
-
 # ----------------------------------------------------------------------------------------------- config
-
-@dataclass  # not frozen: OmegaConf validates params.yaml's section into it (a frozen one is read-only there)
-class ClassifierConfig:
-    """Model size and training schedule (``steps`` Adam steps at ``batch_size`` patches)."""
-
-    patch_frames: int = 32
-    channels: tuple[int, ...] = (16, 32, 64, 64)
-    embed_dim: int = 64
-    batch_size: int = 64
-    steps: int = 200
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    eval_batch_size: int = 256
-
-    def __post_init__(self) -> None:
-        self.channels = tuple(self.channels)
-        for name in ("patch_frames", "embed_dim", "batch_size", "steps", "eval_batch_size"):
-            _positive_int(getattr(self, name), f"classifier.{name}")
-        if not self.channels:
-            raise ConfigError("classifier.channels must list at least one conv width")
-        for width in self.channels:
-            _positive_int(width, "classifier.channels[]")
-        for name in ("lr", "weight_decay"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value < 0 or (name == "lr" and value == 0):
-                raise ConfigError(f"classifier.{name} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, "
-                                  f"found {value!r}")
-
-    @classmethod
-    def from_dict(cls, params: Mapping[str, Any]) -> ClassifierConfig:
-        return from_known_keys(cls, params, "classifier")
-
-
-def _positive_int(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{where} must be a positive integer, found {value!r}")
-    return value
-
 
 # ----------------------------------------------------------------------------------------------- data
 
@@ -351,44 +256,36 @@ def clip_embeddings(model: TimbreClassifier, cqt: np.ndarray | Tensor, hop: int 
 
 def save_classifier(model: TimbreClassifier, path: str | os.PathLike, *, train_config: ClassifierConfig | None = None,
                     seed: int | None = None, metrics: Mapping[str, Any] | None = None) -> None:
-    """Write ``path`` atomically: ``{"model_type", "format", "model_config", "grid", "state_dict", ...}``,
-    plain containers and tensors only (``torch.load(weights_only=True)`` reads it)."""
-    payload = {
-        "model_type": MODEL_TYPE, "format": CHECKPOINT_FORMAT, "model_config": model.config(),
-        "grid": dict(getattr(model, "grid", {}) or {}),
-        "state_dict": {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()},
-        "train_config": {**asdict(train_config), "channels": list(train_config.channels)} if train_config else None,
-        "seed": seed, "metrics": dict(metrics) if metrics is not None else None,
-    }
-    # Serialised in memory: torch.save records the file name in the archive, and a temp file's random
-    # name would make identical weights hash differently.
-    blob = io.BytesIO()
-    torch.save(payload, blob)
-    atomic_write_bytes(path, blob.getvalue())
+    """Write ``path`` atomically in the one checkpoint contract (:mod:`timbrelab.models.checkpoint`): the CQT
+    grid as its stats, the seed and held-out metrics besides."""
+    save_checkpoint(path, make_payload(
+        MODEL_TYPE, model, model.config(), train_config=asdict(train_config) if train_config else None,
+        stats=getattr(model, "grid", {}) or {}, seed=seed, metrics=plain(metrics)))
 
 
-def load_classifier(path: str | os.PathLike, map_location: str | torch.device = "cpu"
-                    ) -> tuple[TimbreClassifier, dict[str, Any]]:
-    """A checkpoint of :func:`save_classifier` -> ``(model in eval mode, payload)``. A missing file, a file that
-    is not a checkpoint, or another model's checkpoint raises :class:`TimbrelabError` naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise TimbrelabError(f"{path}: no such classifier checkpoint; train one with train_classifier")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for a foreign or damaged file
-        first = str(exc).splitlines()[0] if str(exc) else "unreadable"
-        raise TimbrelabError(f"{path}: not a timbrelab checkpoint ({type(exc).__name__}: {first})") from exc
-    if not isinstance(payload, dict) or "state_dict" not in payload:
-        raise TimbrelabError(f"{path}: not a timbrelab model checkpoint; use the file save_classifier writes")
-    kind = payload.get("model_type")
-    if kind != MODEL_TYPE:
-        raise TimbrelabError(f"{path}: a {kind!r} checkpoint, but a {MODEL_TYPE!r} was asked for")
-    try:
-        model = TimbreClassifier(**payload["model_config"])
-        model.load_state_dict(payload["state_dict"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise TimbrelabError(f"{path}: checkpoint does not match the TimbreClassifier of this timbrelab version "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
-    model.grid = dict(payload.get("grid") or {})
-    return model.eval(), payload
+def load_classifier(path: str | os.PathLike, map_location: str = "cpu") -> tuple[TimbreClassifier, dict[str, Any]]:
+    """A checkpoint of :func:`save_classifier` -> ``(model in eval mode, payload)``; errors name the file."""
+    return registry.load(path, MODEL_TYPE, hint="train one with `dvc repro train_classifier`",
+                         map_location=map_location)
+
+
+def example(size: str) -> Example:
+    """The test matrix's classifier: ``tiny`` (two narrow blocks) or ``full`` (the pipeline's size), a
+    balanced batch of random patches and one step of :func:`_fit`'s optimiser."""
+    cfg = ClassifierConfig(channels=(4, 8), embed_dim=8) if size == "tiny" else ClassifierConfig()
+    model = TimbreClassifier(["a", "b", "c"], 48, cfg.patch_frames, cfg.channels, cfg.embed_dim, 2.0)
+    model.grid = {"n_bins": 48}
+    generator = torch.Generator().manual_seed(0)
+    patches = torch.randn(6, 48, cfg.patch_frames, generator=generator)
+    labels = torch.arange(6) % 3
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def step() -> None:
+        model.train()
+        loss = nn.functional.cross_entropy(model(patches), labels)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+
+    return Example(model, batch=(patches, labels), step=step,
+                   payload=make_payload(MODEL_TYPE, model, model.config(), stats=model.grid))

@@ -19,7 +19,7 @@ from timbrelab.audio import load_audio, save_wav
 from timbrelab.config import FeaturesConfig
 from timbrelab.errors import ConfigError, TimbrelabError
 from timbrelab.evaluation import metrics as m
-from timbrelab.evaluation.classifier import GRID_KEYS, TimbreClassifier
+from timbrelab.models.classifier import GRID_KEYS, TimbreClassifier
 from timbrelab.evaluation.scoring import (ClipScore, MetricsConfig, analyse, frame_times, reconstruction_row,
                                           reference_embeddings, score_output, summarise)
 from timbrelab.evaluation.systems import System

@@ -37,7 +37,8 @@ from timbrelab.dsp.framing import frame_times as grid_times
 from timbrelab.dsp.framing import n_frames
 from timbrelab.errors import ConfigError
 from timbrelab.evaluation import metrics as m
-from timbrelab.evaluation.classifier import TimbreClassifier, clip_acceptance, clip_embeddings
+from timbrelab.evaluation.classifier import clip_acceptance, clip_embeddings
+from timbrelab.models.classifier import TimbreClassifier
 
 
 @dataclass

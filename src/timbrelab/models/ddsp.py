@@ -401,3 +401,8 @@ class AverageSpectrumBaseline(nn.Module):
                 opt.step()
                 history.append(float(value.detach()))
         return history
+
+
+def build(model_config: Mapping[str, Any], stats: Mapping[str, Any] | None) -> DDSP:
+    """The registry's builder: a DDSP from a checkpoint's ``model_config`` and training ``stats``."""
+    return DDSP(DDSPModelConfig(**model_config), stats)

@@ -35,7 +35,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from timbrelab.dsp.synth import DEFAULT_NOISE_WINDOW, DEFAULT_NYQUIST_RAMP_FRACTION, _fast_len, frequency_sampled_fir
+from timbrelab.dsp.synth import DEFAULT_NOISE_WINDOW, DEFAULT_NYQUIST_RAMP_FRACTION, fast_len, frequency_sampled_fir
 from timbrelab.models.ddsp import DDSP, MIDI_MAX, MIN_F0_HZ
 
 TWO_PI = 2.0 * math.pi
@@ -105,7 +105,7 @@ class StreamingDDSP(nn.Module):
         # Noise: per-frame FIRs of DEFAULT_NOISE_WINDOW taps under a periodic Hann window of 2 hops.
         window = DEFAULT_NOISE_WINDOW
         self.out_len = 2 * cfg.hop + window - 1
-        self.n_fft = _fast_len(self.out_len)
+        self.n_fft = fast_len(self.out_len)
         self.noise_lead = -(-(window - 1) // cfg.hop) * cfg.hop     # filtered_noise's pre-roll, in samples
         bank_re, bank_im = _noise_filter_bank(cfg.n_noise_bands, window, self.n_fft)
         self.register_buffer("bank_re", bank_re)

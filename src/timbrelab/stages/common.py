@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from timbrelab import config as config_mod
-from timbrelab import distributed, tracking
+from timbrelab import distributed, dvcfiles, paths, tracking
 from timbrelab.errors import TimbrelabError, run_main
 from timbrelab.fsutil import atomic_dir, atomic_write_json, round_floats
 
@@ -71,7 +71,7 @@ def execute_stage(stage: str, schemas: Any, body: Callable[[Any, Path], StageRes
     of other stages, besides the deps, whose producing runs the run links to (``run.<stage>`` tags).
     """
     started = time.perf_counter()
-    root = tracking.repo_root()
+    root = paths.repo_root()
     cfg = config_mod.load_stage_config(params_section or stage.partition("@")[0], schemas, params)
     if not distributed.is_primary():
         # Another rank of a distributed training: it trains, rank 0 keeps the run, the outputs and the summary.
@@ -81,12 +81,12 @@ def execute_stage(stage: str, schemas: Any, body: Callable[[Any, Path], StageRes
         elapsed = time.perf_counter() - started
         # The DVC metrics file leaves out wall time: it must hash the same on every run.
         if result.metrics_file is None:
-            atomic_write_json(root / METRICS_DIR / f"{tracking.stage_slug(stage)}.json", round_floats(result.metrics))
+            atomic_write_json(root / METRICS_DIR / f"{dvcfiles.stage_slug(stage)}.json", round_floats(result.metrics))
         run.log_metrics({**result.metrics, "stage_seconds": round(elapsed, 3)})
         for artifact in result.artifacts:
             if artifact.exists():
                 run.log_artifact(artifact)
-        run.set_tags({f"dvc.out.{out}": md5 for out, md5 in tracking.out_md5s(root, stage).items()})
+        run.set_tags({f"dvc.out.{out}": md5 for out, md5 in dvcfiles.out_md5s(root, stage).items()})
     print(f"[{stage}] {result.summary} ({elapsed:.1f} s; MLflow run {run.run_id})", file=sys.stderr)
     return result
 

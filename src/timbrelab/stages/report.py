@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from timbrelab import config as config_mod
-from timbrelab import tracking
+from timbrelab import dvcfiles, paths, tracking
 from timbrelab.audio import load_audio
 from timbrelab.config import FeaturesConfig, validate
 from timbrelab.errors import ConfigError, TimbrelabError, run_main
@@ -147,14 +147,14 @@ def link_paths(root: Path) -> list[str]:
     """The outputs whose producing runs the report run links to: each system's evaluation and the models
     it loaded (the deps of its evaluate stage), the classifier."""
     names, _ = _systems()
-    paths = [str(CLASSIFIER.parent)]
+    linked = [str(CLASSIFIER.parent)]
     for name in names:
-        paths += [str(EVAL / name), *tracking.stage_deps(root, f"evaluate_{name}")]
-    return list(dict.fromkeys(paths))
+        linked += [str(EVAL / name), *dvcfiles.stage_deps(root, f"evaluate_{name}")]
+    return list(dict.fromkeys(linked))
 
 
 def main() -> int:
-    return run_main(lambda: execute_stage(STAGE, SCHEMAS, run, link_paths=link_paths(tracking.repo_root())))
+    return run_main(lambda: execute_stage(STAGE, SCHEMAS, run, link_paths=link_paths(paths.repo_root())))
 
 
 if __name__ == "__main__":

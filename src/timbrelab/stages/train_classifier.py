@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from timbrelab.evaluation.classifier import ClassifierConfig, save_classifier, train_classifier
+from timbrelab.models.classifier import ClassifierConfig
 from timbrelab.fsutil import atomic_dir, atomic_write_json, round_floats
 from timbrelab.stages.common import StageResult, run_stage
 
@@ -31,6 +31,8 @@ SCHEMAS = TrainClassifierConfig
 
 
 def run(cfg: TrainClassifierConfig, root: Path) -> StageResult:
+    from timbrelab.evaluation.classifier import save_classifier, train_classifier
+
     model, metrics = train_classifier(root / FEATURES, cfg.domains, cfg.model, cfg.seed)
     with atomic_dir(root / OUT) as tmp:
         save_classifier(model, tmp / "model.pt", train_config=cfg.model, seed=cfg.seed, metrics=metrics)

@@ -13,12 +13,13 @@
 * MLflow (``mlflow_run_id``, the stage's run; Lightning's logger is attached to it, no second run): per-step
   ``train/loss`` / ``val/loss``, the final metrics, ``model/model.pt``, ``resynthesis/`` WAVs and PNGs of a few
   test clips, and a new version of the registered model ``timbrelab-ddsp-<domain>`` (source
-  ``runs:/<run>/model``). Fetch it with ``timbrelab.training.ddsp_eval.fetch_model("models:/timbrelab-ddsp-cello/latest")``.
+  ``runs:/<run>/model``). Fetch it with ``timbrelab.inference.loading.fetch_checkpoint("models:/timbrelab-ddsp-cello/latest")``.
 * Where it runs: ``cfg.trainer`` (:mod:`timbrelab.training.trainer`: one process, a GPU in bf16, DDP over GPUs,
   nodes or CPU processes). Under DDP every rank trains on its own shard of the train split; only rank 0
   writes checkpoints, outputs and MLflow records, the others return ``{"rank": r, ...}`` after the fit.
   The metrics say how many processes trained and whether any item was handed to two (``trainer/*``).
-* :func:`load_checkpoint` / :func:`load_model`: ``model.pt`` -> :class:`~timbrelab.models.ddsp.DDSP` (+ payload).
+* The plumbing every model shares (cache, Trainer, rank 0, best checkpoint, outputs, MLflow) is
+  :mod:`timbrelab.training.loop`'s; loading ``model.pt`` is :func:`timbrelab.models.registry.load`.
 
 Determinism: ``seed_everything(seed, workers=True)``, ``Trainer(deterministic=True)``, seeded DataModule, and
 the synth noise of each training step drawn from a generator seeded by ``(seed, global_step)`` (validation by
@@ -28,123 +29,43 @@ touches the global RNG.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import itertools
-import json
-import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import lightning
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch import LightningModule
 
 from timbrelab import tracking
-from timbrelab.data.datasets import DDSPDataModule
+from timbrelab.data.datamodules import DDSPDataModule
 from timbrelab.dsp.spectral import MultiScaleSpectralLoss
-from timbrelab.errors import ConfigError, TimbrelabError
-from timbrelab.fsutil import (
-    atomic_path,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    dumps_json,
-    read_json,
-    sha256_file,
-)
-from timbrelab.models.ddsp import (
-    DDSP,
-    PRESETS,
-    AverageSpectrumBaseline,
-    DDSPModelConfig,
-)
-from timbrelab.training.trainer import ShardCheck, TrainerConfig
+from timbrelab.fsutil import sha256_file
+from timbrelab.models.checkpoint import make_payload
+from timbrelab.models.ddsp import DDSP, PRESETS, AverageSpectrumBaseline, DDSPModelConfig
+from timbrelab.models.registry import Example
 from timbrelab.training.ddsp_eval import (
-    MODEL_ARTIFACT_DIR,
     load_test_batches,
     log_resynthesis,
     mean_loss,
     pitch_agreement,
-    register_model,
     render,
     resynthesis_tracks,
     split_ids,
 )
+from timbrelab.training.ddsp_config import DDSPTrainConfig
+from timbrelab.training.loop import TrainingRun, config_digest, finite_or_none, log_to_run
 
-MODEL_OVERRIDES = ("hidden", "n_harmonics", "n_noise_bands", "gru_layers", "mlp_layers", "reverb_seconds", "z_dim")
+STAGE = "train_ddsp"
+MODEL_TYPE = "ddsp"        # the registry name, and checkpoint payload["model_type"]
 # Fields that do not change the trajectory of the weights: left out of the hash so a run can be extended.
 NOT_HASHED = ("max_steps", "val_every_steps", "num_workers", "checkpoint_root", "baseline_steps")
 HASH_VERSION = 1
 _NOISE_STRIDE = 1_000_003
 _TEST_NOISE = _NOISE_STRIDE // 2   # test-split noise keys: seed * stride - this - batch (apart from val's -1 - batch)
-MODEL_TYPE = "ddsp"        # checkpoint payload["model_type"]: loaders refuse other models' files
-CHECKPOINT_FORMAT = 1
-
-
-@dataclass
-class DDSPModelParams:
-    """``train_ddsp.model``: what is learned, the preset with its overrides (None: the preset's value) and
-    the optimiser's learning rate."""
-
-    preset: str = "demo"
-    hidden: int | None = None
-    n_harmonics: int | None = None
-    n_noise_bands: int | None = None
-    gru_layers: int | None = None
-    mlp_layers: int | None = None
-    reverb_seconds: float | None = None
-    z_dim: int | None = None
-    lr: float = 1e-3
-
-    def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise ConfigError(f"train_ddsp.model.preset={self.preset!r} is not one of {sorted(PRESETS)}")
-        if isinstance(self.lr, bool) or not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr)
-                                             and self.lr > 0):
-            raise ConfigError(f"train_ddsp.model.lr must be a finite number > 0, found {self.lr!r}")
-
-
-@dataclass
-class DDSPTrainConfig:
-    domain: str = "cello"
-    model: DDSPModelParams = field(default_factory=DDSPModelParams)
-    batch_size: int = 8          # per process (under DDP the effective batch is batch_size x world size)
-    crop_seconds: float | None = 2.0
-    max_steps: int = 2000
-    val_every_steps: int = 200
-    seed: int = 0
-    num_workers: int = 0
-    baseline_steps: int = 300
-    checkpoint_root: str = "models/cache/ddsp"
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.model, dict):
-            self.model = DDSPModelParams(**self.model)
-        if isinstance(self.trainer, dict):
-            self.trainer = TrainerConfig(**self.trainer)
-        for name in ("max_steps", "val_every_steps", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"train_ddsp.{name} must be a positive integer, found {value!r}")
-        if isinstance(self.baseline_steps, bool) or not isinstance(self.baseline_steps, int) or self.baseline_steps < 0:
-            raise ConfigError(f"train_ddsp.baseline_steps must be an integer >= 0, found {self.baseline_steps!r}")
-
-    def model_config(self, stats: dict[str, Any] | None = None) -> DDSPModelConfig:
-        """The preset with the overrides, on the features' grid (sample_rate, frame_hop) when stats are given."""
-        changes = {name: getattr(self.model, name) for name in MODEL_OVERRIDES if getattr(self.model, name) is not None}
-        if stats is not None:
-            changes.update(sample_rate=int(stats["sample_rate"]), hop=int(stats["frame_hop"]))
-        try:
-            return PRESETS[self.model.preset].replace(**changes)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"train_ddsp.model overrides {changes}: {exc}") from exc
 
 
 def data_fingerprint(features_root: Path, domain: str) -> str:
@@ -172,13 +93,16 @@ def operative_config(cfg: DDSPTrainConfig, stats: dict[str, Any] | None = None,
 
 def config_hash(cfg: DDSPTrainConfig, stats: dict[str, Any] | None = None, data: str | None = None) -> str:
     """12 hex of sha256 of the canonical JSON of :func:`operative_config`."""
-    return hashlib.sha256(dumps_json(operative_config(cfg, stats, data)).encode()).hexdigest()[:12]
+    return config_digest(operative_config(cfg, stats, data))
 
 
 # ----------------------------------------------------------------------------------------- lightning
 
 class DDSPLightningModule(LightningModule):
     """DDSP trained on the multi-scale spectral loss against the clip's own audio (autoencoding)."""
+
+    monitor = "val/loss"                         # the best checkpoint's metric (training.loop)
+    curve_keys = ("train/loss", "val/loss")      # curves.csv: step, train_loss, val_loss
 
     def __init__(self, model_cfg: DDSPModelConfig, stats: dict[str, Any], lr: float = 1e-3, seed: int = 0):
         super().__init__()
@@ -210,63 +134,11 @@ class DDSPLightningModule(LightningModule):
     def configure_optimizers(self):
         return torch.optim.Adam(self.model.parameters(), lr=self.lr)
 
-
-class CurveRecorder(Callback):
-    """Rows ``(step, train_loss, val_loss)`` at every validation (train loss: mean since the previous one).
-    Its state rides in the checkpoint, so a resumed run keeps the whole curve."""
-
-    def __init__(self) -> None:
-        self.rows: list[list[float]] = []
-        self.window: list[float] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        self.window.append(float(loss.detach()))
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or "val/loss" not in trainer.callback_metrics:
-            return
-        train = sum(self.window) / len(self.window) if self.window else float("nan")
-        self.rows.append([int(trainer.global_step), train, float(trainer.callback_metrics["val/loss"])])
-        self.window = []
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rows": [list(r) for r in self.rows], "window": list(self.window)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.rows = [list(r) for r in state_dict.get("rows", [])]
-        self.window = list(state_dict.get("window", []))
-
-
-class AttachedMLFlowLogger(MLFlowLogger):
-    """MLFlowLogger on an existing (stage) run: no hyperparameters (the stage logs its params) and no
-    ``set_terminated`` at the end (the stage ends its own run)."""
-
-    def log_hyperparams(self, params) -> None:
-        return None
-
-    def finalize(self, status: str = "success") -> None:
-        return None
+    def export_model(self) -> DDSP:
+        return self.model
 
 
 # ------------------------------------------------------------------------------------------- train
-
-def _check_cache(ckpt_dir: Path, expected: dict[str, Any]) -> None:
-    stored_path = ckpt_dir / "config.json"
-    if stored_path.exists():
-        try:
-            stored = read_json(stored_path)
-        except ValueError as exc:
-            raise TimbrelabError(f"{stored_path}: not valid JSON ({exc}); delete {ckpt_dir} to retrain") from exc
-        if stored != expected:
-            raise TimbrelabError(
-                f"{stored_path} does not match this training config (the cache directory's hash names a different "
-                f"config); refusing to resume from {ckpt_dir}. Delete that directory to retrain.")
-    elif any(ckpt_dir.glob("*.ckpt")):
-        raise TimbrelabError(f"{ckpt_dir} holds checkpoints but no config.json; delete it to retrain")
-    else:
-        atomic_write_json(stored_path, expected)
-
 
 def _evaluate(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], seed: int) -> float:
     """Mean multi-scale spectral loss over the valid ``batches`` (per clip), seeded noise per batch."""
@@ -297,10 +169,6 @@ def _judge_on_test(model: torch.nn.Module, baseline: torch.nn.Module, batches: l
     return metrics, preds, tracks
 
 
-def _plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
-
-
 def train(cfg: DDSPTrainConfig, out_dir: str | os.PathLike, *, features_root: str | os.PathLike = Path("data/features"),
           mlflow_run_id: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Train (or resume / extend) and write ``model.pt``, ``metrics.json``, ``curves.csv`` to ``out_dir``.
@@ -313,11 +181,9 @@ def train(cfg: DDSPTrainConfig, out_dir: str | os.PathLike, *, features_root: st
     # Before anything is trained or cached: a missing or empty test split fails now, not after the fit.
     test_batches = load_test_batches(features_root, cfg.domain, cfg.batch_size, cfg.seed)
     model_cfg = cfg.model_config(stats)
-    expected = operative_config(cfg, stats, data_fingerprint(features_root, cfg.domain))
-    digest = hashlib.sha256(dumps_json(expected).encode()).hexdigest()[:12]
-    ckpt_dir = Path(cfg.checkpoint_root) / digest
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    _check_cache(ckpt_dir, expected)
+    training = TrainingRun(STAGE, operative_config(cfg, stats, data_fingerprint(features_root, cfg.domain)),
+                           cfg.checkpoint_root, trainer=cfg.trainer, max_steps=cfg.max_steps,
+                           val_every_steps=cfg.val_every_steps, progress=progress)
 
     module = DDSPLightningModule(model_cfg, stats, cfg.model.lr, cfg.seed)
     dm.setup("fit")
@@ -326,133 +192,70 @@ def train(cfg: DDSPTrainConfig, out_dir: str | os.PathLike, *, features_root: st
     baseline_batches = list(itertools.islice(iter(dm.train_dataloader()), 8)) if cfg.baseline_steps else []
     initial_val = _evaluate(module.model, val_batches, cfg.seed)
     module.model.train()
+    fitted = training.fit(module, dm, mlflow_run_id)
+    if fitted.rank:
+        return {"rank": fitted.rank}
 
-    last = ckpt_dir / "last.ckpt"
-    resume = last if last.is_file() else None
-    best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
-                              save_last=True, enable_version_counter=False)
-    curves, shards = CurveRecorder(), ShardCheck()
-    logger: Any = False
-    if mlflow_run_id is not None:
-        logger = AttachedMLFlowLogger(experiment_name=tracking.EXPERIMENT_NAME, tracking_uri=tracking.tracking_uri(),
-                                      run_id=mlflow_run_id)
-    trainer = Trainer(
-        **cfg.trainer.kwargs(), max_steps=cfg.max_steps, max_epochs=-1,
-        val_check_interval=cfg.val_every_steps, check_val_every_n_epoch=None, num_sanity_val_steps=0,
-        callbacks=[best_cb, curves, shards], logger=logger, enable_checkpointing=True,
-        log_every_n_steps=min(10, cfg.val_every_steps), enable_progress_bar=progress, enable_model_summary=progress,
-        deterministic=True, default_root_dir=str(ckpt_dir),
-    )
-    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
-    # The last step need not be a validation step: always leave last.ckpt at the final step (atomically).
-    # Every rank calls save_checkpoint (it ends in a barrier); only rank 0 writes.
-    if trainer.is_global_zero:
-        with atomic_path(last) as tmp:
-            trainer.save_checkpoint(tmp, weights_only=False)
-    else:
-        trainer.save_checkpoint(last, weights_only=False)
-        return {"rank": trainer.global_rank}
-    steps = int(trainer.global_step)
-
-    best_path = ckpt_dir / "best.ckpt"
-    export = module.model
-    if best_path.is_file():
-        ckpt = torch.load(best_path, map_location="cpu", weights_only=True)
-        export = DDSP(model_cfg, stats)
-        export.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()
-                                if k.startswith("model.")})
-    export = export.cpu()
+    export = module.export_model().cpu()
     val_batches = [{k: v.cpu() for k, v in b.items()} for b in val_batches]
     val_loss = _evaluate(export, val_batches, cfg.seed)
-
     baseline = AverageSpectrumBaseline(model_cfg, stats)
     if cfg.baseline_steps:
         baseline.fit(baseline_batches, steps=cfg.baseline_steps, seed=cfg.seed)
     baseline_val = _evaluate(baseline, val_batches, cfg.seed)
     test_metrics, test_preds, test_tracks = _judge_on_test(export, baseline, test_batches, stats, cfg.seed)
 
-    rows = curves.rows
-    final_train = rows[-1][1] if rows else (sum(curves.window) / len(curves.window) if curves.window else float("nan"))
-    metrics = {
-        "steps": steps,
+    final_train = fitted.final_train
+    metrics = finite_or_none({
+        "steps": fitted.steps,
         "val/loss_best": val_loss,
         "val/loss_initial": initial_val,
         "train/loss_final": final_train,
         "gap": val_loss - final_train,
         "baseline/val_loss": baseline_val,
         "margin": baseline_val - val_loss,
-        "best_step": int(min(rows, key=lambda r: r[2])[0]) if rows else steps,
+        "best_step": fitted.best_step,
         **test_metrics,
-        "trainer/world_size": int(trainer.world_size),
-        **shards.report,
-    }
-    metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"model_type": MODEL_TYPE, "format": CHECKPOINT_FORMAT,
-               "state_dict": _plain_state_dict(export), "model_config": asdict(model_cfg),
-               "train_config": asdict(cfg), "stats": json.loads(json.dumps(stats)), "hash": digest}
-    # Through memory: torch.save names the zip's records after the target file, and the temp file's
-    # random name would make identical weights hash differently.
-    blob = io.BytesIO()
-    torch.save(payload, blob)
-    atomic_write_bytes(out_dir / "model.pt", blob.getvalue())
-    atomic_write_json(out_dir / "metrics.json", metrics)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["step", "train_loss", "val_loss"])
-    writer.writerows([[int(s), f"{t:.6f}", f"{v:.6f}"] for s, t, v in rows])
-    atomic_write_text(out_dir / "curves.csv", buf.getvalue())
+        "trainer/world_size": fitted.world_size,
+        **fitted.shards,
+    })
+    payload = make_payload(MODEL_TYPE, export, asdict(model_cfg), train_config=asdict(cfg), stats=stats,
+                           digest=training.digest)
+    training.write_outputs(out_dir, payload, metrics, fitted)
     registered = None
     if mlflow_run_id is not None:
-        run = tracking.StageRun(logger.experiment, mlflow_run_id)
+        run = tracking.StageRun(fitted.client, mlflow_run_id)
         examples = (split_ids(features_root, cfg.domain), test_batches, test_preds, test_tracks)
-        registered = _log_to_run(run, cfg, model_cfg, out_dir / "model.pt", metrics, digest, examples)
-    return {**metrics, "hash": digest, "checkpoint_dir": str(ckpt_dir), "registered_model": registered,
-            "backend": shards.backend}
+        registered = log_to_run(run, MODEL_TYPE, cfg.domain, STAGE, out_dir / "model.pt", metrics, training.digest,
+                                extras=lambda r: log_resynthesis(r, *examples, model_cfg.sample_rate, model_cfg.hop))
+    return {**metrics, "hash": training.digest, "checkpoint_dir": str(training.ckpt_dir),
+            "registered_model": registered, "backend": fitted.backend}
 
 
-def _log_to_run(run: tracking.StageRun, cfg: DDSPTrainConfig, model_cfg: DDSPModelConfig, model_path: Path,
-                metrics: dict[str, Any], digest: str, examples: tuple) -> str | None:
-    """After the DVC outputs are written: final metrics, ``model/model.pt``, the listening examples, and
-    the registry version (last, so a registry failure loses nothing). Returns ``"<name>/<version>"``."""
-    run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=metrics["steps"])
-    run.log_artifact(model_path, MODEL_ARTIFACT_DIR)
-    log_resynthesis(run, *examples, model_cfg.sample_rate, model_cfg.hop)
-    return register_model(run.client, run.run_id, cfg.domain, digest, metrics)
+def summary(cfg: DDSPTrainConfig, metrics: dict[str, Any]) -> str:
+    """The stage's last line: what was trained, how it compares with the baseline, where it went."""
+    def num(key: str) -> str:
+        value = metrics.get(key)
+        return f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"
+
+    world = int(metrics.get("trainer/world_size") or 1)
+    where = f" on {world} processes ({cfg.trainer.strategy}, {metrics.get('backend')})" if world > 1 else ""
+    registered = metrics.get("registered_model")
+    return (f"trained DDSP ({cfg.model.preset}) on {cfg.domain} for {metrics.get('steps', '?')} steps{where}: best val "
+            f"loss {num('val/loss_best')} (baseline {num('baseline/val_loss')}); test loss {num('test/loss')} "
+            f"(baseline {num('baseline/test_loss')}, margin {num('test/margin')}), resynthesis f0 within 50 cents "
+            f"on {num('test/f0_within_50c')} of voiced frames" + (f"; registered as {registered}" if registered else ""))
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[DDSP, dict[str, Any]]:
-    """``model.pt`` (see :func:`train`) -> ``(DDSP in eval mode, payload)``; loaded with ``weights_only=True``.
-
-    The payload holds ``model_config``, ``train_config``, ``stats`` (the training domain's stats.json, with
-    ``features_config``: how its inputs were computed) and ``hash``. A missing file, a file that is not a
-    checkpoint, or a checkpoint of another model type raises :class:`TimbrelabError` naming the file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise TimbrelabError(f"{path}: no such checkpoint; train one with `dvc repro train_ddsp` or pass "
-                             "--checkpoint PATH / --run-id ID")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for a foreign or damaged file
-        raise TimbrelabError(f"{path}: not a timbrelab checkpoint ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from exc
-    if not isinstance(payload, dict) or "state_dict" not in payload:
-        raise TimbrelabError(f"{path}: not a timbrelab model checkpoint (a Lightning .ckpt or other file?); "
-                             "use the model.pt that train_ddsp writes")
-    kind = payload.get("model_type", MODEL_TYPE)
-    if kind != MODEL_TYPE:
-        raise TimbrelabError(f"{path}: a {kind!r} checkpoint, but a {MODEL_TYPE!r} model was asked for")
-    try:
-        model = DDSP(DDSPModelConfig(**payload["model_config"]), payload["stats"])
-        model.load_state_dict(payload["state_dict"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise TimbrelabError(f"{path}: checkpoint does not match the DDSP model of this timbrelab version "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
-    return model.eval(), payload
-
-
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> DDSP:
-    """``model.pt`` (see :func:`train`) -> DDSP in eval mode; see :func:`load_checkpoint`."""
-    return load_checkpoint(path, map_location)[0]
+def example(size: str) -> Example:
+    """The test matrix's DDSP at preset ``size``: two clips of 0.5 s, its LightningModule's own step."""
+    stats = {"loudness_db": {"mean": -40.0, "std": 15.0}}
+    cfg = PRESETS[size]
+    n = cfg.hop * 125
+    generator = torch.Generator().manual_seed(0)
+    batch = {"f0_hz": 110.0 + 330.0 * torch.rand(2, n // cfg.hop, generator=generator),
+             "loudness_db": -60.0 + 40.0 * torch.rand(2, n // cfg.hop, generator=generator),
+             "audio": 0.1 * torch.randn(2, n, generator=generator)}
+    module = DDSPLightningModule(cfg, stats, lr=1e-3, seed=0)
+    return Example(module.model, lightning_module=module, batch=batch, stream_block=cfg.hop * 4,
+                   payload=make_payload(MODEL_TYPE, module.model, asdict(cfg), stats=stats))

@@ -9,16 +9,12 @@
   test measures the model, not a disagreement between two estimators.
 * :func:`log_resynthesis`: listening examples (input and resynthesis WAVs) and spectrogram PNGs of a few test
   clips, written to a temporary folder and logged to the stage's run (never into the DVC output).
-* :func:`register_model`: a version of ``timbrelab-ddsp-<domain>`` in the MLflow model registry whose source
-  is the run's ``model/`` artifact folder (holding ``model.pt``); :func:`fetch_model` downloads it again.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import tempfile
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +31,6 @@ from timbrelab.errors import TimbrelabError
 
 CENTS_TOLERANCE = 50.0       # the issue's criterion: resynthesis f0 within 50 cents of the input's
 LOGGED_CLIPS = 3             # test clips whose audio and spectrograms go to MLflow
-MODEL_ARTIFACT_DIR = "model"  # run artifact folder holding model.pt: the registered version's source
-REGISTRY_PREFIX = "timbrelab-ddsp-"
 SPECTROGRAM_FFT = 1024
 
 
@@ -91,12 +85,12 @@ def mean_loss(preds: list[torch.Tensor], batches: list[dict[str, torch.Tensor]])
 # ---------------------------------------------------------------------------------- pitch fidelity
 
 def pitch_settings(stats: Mapping[str, Any]) -> dict[str, Any]:
-    """How the features' f0 was estimated: ``features_config.pitch`` of stats.json, else the older flat keys
-    (``pitch_estimator``, ``voiced_threshold``), else the estimator's defaults."""
+    """How the features' f0 was estimated: ``features_config.pitch`` of stats.json, else the estimator's
+    defaults."""
     pitch = (stats.get("features_config") or {}).get("pitch") or {}
     settings: dict[str, Any] = {
-        "estimator": pitch.get("estimator", stats.get("pitch_estimator", "swift")),
-        "voiced_threshold": float(pitch.get("voiced_threshold", stats.get("voiced_threshold", VOICED_THRESHOLD))),
+        "estimator": pitch.get("estimator", "swift"),
+        "voiced_threshold": float(pitch.get("voiced_threshold", VOICED_THRESHOLD)),
     }
     for key in ("fmin_hz", "fmax_hz"):
         if key in pitch:
@@ -218,71 +212,3 @@ def log_resynthesis(run, ids: list[str], batches: list[dict[str, torch.Tensor]],
                        f"resynthesis/{stem}.png"]
         run.log_artifacts(tmp, "resynthesis")
     return logged
-
-
-# ---------------------------------------------------------------------------------------- registry
-
-def registered_model_name(domain: str) -> str:
-    return f"{REGISTRY_PREFIX}{domain}"
-
-
-def _version_tags(digest: str, metrics: Mapping[str, Any]) -> dict[str, str]:
-    tags = {"config_hash": digest}
-    for key in ("steps", "val/loss_best", "test/loss", "baseline/test_loss", "test/margin", "test/f0_within_50c"):
-        value = metrics.get(key)
-        if isinstance(value, (int, float)) and not (isinstance(value, float) and not math.isfinite(value)):
-            tags[key] = f"{value:.6g}" if isinstance(value, float) else str(value)
-    return tags
-
-
-def register_model(client, run_id: str, domain: str, digest: str, metrics: Mapping[str, Any]) -> str | None:
-    """Register ``runs:/<run_id>/model`` (the run's folder holding model.pt) as a new version of
-    ``timbrelab-ddsp-<domain>``, tagged with the config hash and the headline metrics. Returns
-    ``"<name>/<version>"``; on any registry failure warns and returns None (the trained model and its
-    metrics are already written, and a registry outage must not throw the training away)."""
-    from mlflow.exceptions import MlflowException
-
-    name = registered_model_name(domain)
-    try:
-        try:
-            client.create_registered_model(name, description=f"DDSP decoder trained on the {domain} domain by "
-                                           "timbrelab's train_ddsp stage; each version's model.pt loads with "
-                                           "timbrelab.training.ddsp.load_checkpoint")
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        version = client.create_model_version(
-            name, f"runs:/{run_id}/{MODEL_ARTIFACT_DIR}", run_id, tags=_version_tags(digest, metrics),
-            description=f"config hash {digest}")
-    except Exception as exc:  # noqa: BLE001 - any registry failure: keep the training, say why
-        warnings.warn(f"train_ddsp: could not register the model in the MLflow model registry as {name!r} "
-                      f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); model.pt is "
-                      f"still in run {run_id} under {MODEL_ARTIFACT_DIR}/", RuntimeWarning, stacklevel=2)
-        return None
-    client.set_tag(run_id, "registered_model", f"{name}/{version.version}")
-    return f"{name}/{version.version}"
-
-
-def fetch_model(model_uri: str, dst: str | Path | None = None) -> Path:
-    """Download a registered or logged DDSP model and return the path of its ``model.pt``.
-
-    ``model_uri``: ``models:/timbrelab-ddsp-cello/3`` (a version), ``models:/timbrelab-ddsp-cello/latest``,
-    or ``runs:/<run_id>/model`` (the folder a stage run logged). Uses the tracking store of
-    :func:`timbrelab.tracking.tracking_uri`. Load the file with :func:`timbrelab.training.ddsp.load_checkpoint`.
-    """
-    import mlflow
-
-    from timbrelab import tracking
-
-    mlflow.set_tracking_uri(tracking.tracking_uri())
-    dst = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="timbrelab-model-"))
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
-    except Exception as exc:
-        raise TimbrelabError(f"{model_uri}: cannot download from the MLflow store {tracking.tracking_uri()} "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
-    path = local / "model.pt" if local.is_dir() else local
-    if not path.is_file():
-        raise TimbrelabError(f"{model_uri}: holds no model.pt (expected the {MODEL_ARTIFACT_DIR}/ folder of a "
-                             "train_ddsp run)")
-    return path

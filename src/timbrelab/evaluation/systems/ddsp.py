@@ -1,6 +1,6 @@
 """ddsp: the DDSP decoder trained on the target (train_ddsp) driven by the source's f0 and loudness.
 
-Transfer is :func:`timbrelab.transfer.ddsp_transfer` exactly as ``timbrelab transfer`` runs it (whole-octave
+Transfer is :func:`timbrelab.inference.ddsp_transfer.ddsp_transfer` exactly as ``timbrelab transfer`` runs it (whole-octave
 shift toward the target's register, loudness quantile mapping); reconstruction renders a real target clip
 from its own f0 and loudness, no shift and no mapping: what the model learnt of its instrument.
 """
@@ -15,7 +15,8 @@ import numpy as np
 
 from timbrelab.config import FeaturesConfig
 from timbrelab.evaluation.systems import Output, System, system_params
-from timbrelab.transfer import TransferWarning, ddsp_resynthesize, ddsp_transfer, load_transfer_model
+from timbrelab.inference.ddsp_transfer import TransferWarning, ddsp_resynthesize, ddsp_transfer
+from timbrelab.inference.loading import load_model
 
 
 @dataclass
@@ -46,5 +47,5 @@ class DDSPSystem(System):
 
 def build(params: dict, root: Path, features: FeaturesConfig) -> DDSPSystem:
     cfg = system_params(DDSPParams, params, "ddsp")
-    model, payload, _ = load_transfer_model(checkpoint=root / cfg.model / "model.pt")
+    model, payload, _ = load_model("ddsp", checkpoint=root / cfg.model / "model.pt")
     return DDSPSystem(model, payload, cfg, features.sample_rate)

@@ -36,7 +36,7 @@ import torch
 
 from timbrelab.dsp import pitch
 from timbrelab.dsp.framing import n_frames
-from timbrelab.dsp.loudness import DEFAULT_FLOOR_DB, DEFAULT_N_FFT, _bin_power_weights
+from timbrelab.dsp.loudness import DEFAULT_FLOOR_DB, DEFAULT_N_FFT, bin_power_weights
 from timbrelab.errors import AudioError, ConfigError
 
 LIVE_ESTIMATOR = "swift"
@@ -87,10 +87,8 @@ class LiveFeatures:
         self.fmin_hz, self.fmax_hz, self.floor_db = float(fmin_hz), float(fmax_hz), float(floor_db)
         self.latency = feature_latency(self.hop, self.sample_rate, self.n_fft)
         self._window = scipy.signal.get_window("hann", self.n_fft, fftbins=True).astype(np.float32)
-        self._weights = _bin_power_weights(self.n_fft, self.sample_rate, self._window)
-        with pitch._SWIFT_LOCK:
-            detector = pitch._swift_detector()
-        self._pitch = detector.stream(fmin=self.fmin_hz, fmax=self.fmax_hz)
+        self._weights = bin_power_weights(self.n_fft, self.sample_rate, self._window)
+        self._pitch = pitch.swift_detector().stream(fmin=self.fmin_hz, fmax=self.fmax_hz)
         self._received = 0        # samples pushed so far
         self._emitted = 0         # grid frames returned so far
         self._audio = np.zeros(self.n_fft // 2, dtype=np.float32)   # recent samples, zero padding before 0
@@ -267,16 +265,17 @@ def export_metadata(model_cfg, block_size: int, payload: Mapping[str, Any]) -> d
 def export_torchscript(checkpoint, out, block_size: int) -> dict[str, Any]:
     """model.pt -> TorchScript StreamingDDSP at ``out`` (written atomically), metadata in ``timbrelab.json``.
 
-    Raises TimbrelabError for a bad checkpoint (see ``load_checkpoint``), ConfigError for a bad block size.
+    Raises TimbrelabError for a bad checkpoint (see :func:`timbrelab.models.registry.load`), ConfigError for a bad
+    block size.
     """
     import json
     import warnings
 
     from timbrelab.fsutil import atomic_path
     from timbrelab.models.ddsp_stream import StreamingDDSP
-    from timbrelab.training.ddsp import load_checkpoint
+    from timbrelab.models import registry
 
-    model, payload = load_checkpoint(checkpoint)
+    model, payload = registry.load(checkpoint, "ddsp")
     check_block_size(block_size, model.cfg.hop)
     meta = export_metadata(model.cfg, block_size, payload)
     with warnings.catch_warnings():   # torch 2.13 deprecates TorchScript; it is still what a host can load

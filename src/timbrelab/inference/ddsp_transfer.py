@@ -24,34 +24,27 @@ Input is any rate and channel count (averaged to mono, resampled to the model's 
 float32 at the model's sample rate. Bad input raises :class:`~timbrelab.errors.AudioError` /
 :class:`~timbrelab.errors.ConfigError` with a one-line message (:func:`transfer_file` prefixes the file).
 
-Models (:data:`MODELS`): only ``ddsp`` now; the TimbreTron chain (CycleGAN + WaveNet) registers here later.
+Loading the model (a ``model.pt``, an MLflow run or registered version): :mod:`timbrelab.inference.loading`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import shutil
-import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from timbrelab.config import FeaturesConfig, validate
-from timbrelab.errors import AudioError, ConfigError, TimbrelabError
+from timbrelab.errors import AudioError, ConfigError, TimbrelabError, first_line
 
 OUT_OF_RANGE_FRACTION = 0.05   # warn above this fraction of voiced frames outside the trained [p01, p99]
 MIN_VOICED_FRACTION = 0.05     # fewer voiced frames than this among the sounding ones: unpitched input
 PEAK_LIMIT = 0.99              # output peaking above 1 is scaled to this peak (prepare's peak_limit)
 MAX_OCTAVE_SHIFT = 8           # |N| beyond this is certainly a typo (8 octaves span MIDI 0..96)
-RUN_ARTIFACT_PATHS = ("model/model.pt", "model.pt")  # where train_ddsp runs log model.pt: now, and before
-DEFAULT_CHECKPOINT = Path("models/ddsp/model.pt")
-MODELS = ("ddsp",)             # --model choices; "timbretron" joins when its chain exists
 
 
 class TransferWarning(UserWarning):
@@ -167,17 +160,13 @@ def quantile_map_loudness(loudness_db: np.ndarray, target_levels: np.ndarray, ta
 # --------------------------------------------------------------------------------------- features
 
 def features_config(stats: Mapping[str, Any]) -> FeaturesConfig:
-    """How the target's training features were computed: ``stats["features_config"]``, or for older
-    checkpoints the defaults on the stats' grid, estimator and voicing threshold."""
+    """How the target's training features were computed: ``stats["features_config"]`` (ConfigError when the
+    checkpoint's stats do not say: it was made before they did; retrain it)."""
     stored = stats.get("features_config")
-    if isinstance(stored, Mapping):
-        return validate(dict(stored), FeaturesConfig, "checkpoint stats.features_config")
-    cfg = FeaturesConfig(sample_rate=int(stats["sample_rate"]), frame_hop=int(stats["frame_hop"]))
-    if "pitch_estimator" in stats:
-        cfg.pitch.estimator = str(stats["pitch_estimator"])
-    if "voiced_threshold" in stats:
-        cfg.pitch.voiced_threshold = float(stats["voiced_threshold"])
-    return cfg
+    if not isinstance(stored, Mapping):
+        raise ConfigError("the checkpoint's stats lack features_config (how its training features were "
+                          "computed); rerun `dvc repro` to rebuild the features and the model")
+    return validate(dict(stored), FeaturesConfig, "checkpoint stats.features_config")
 
 
 def min_samples(cfg: FeaturesConfig) -> int:
@@ -362,130 +351,33 @@ def ddsp_resynthesize(audio: np.ndarray, sample_rate: int, model, payload: Mappi
     return peak_safe(decoded)[0]
 
 
-# ---------------------------------------------------------------------------------- model loading
+# ---------------------------------------------------------------------------------- checks and files
 
-def default_checkpoint() -> Path:
-    """The pipeline's own trained model: ``<repository root>/models/ddsp/model.pt``."""
-    from timbrelab.tracking import repo_root
-
-    return repo_root() / DEFAULT_CHECKPOINT
-
-
-def _download_run_checkpoint(run_id: str, dst: Path) -> tuple[Path, str]:
-    """``(local path, artifact path)`` of the ``model.pt`` artifact of MLflow run ``run_id``.
-
-    train_ddsp logs it under ``model/`` (the registered model version's source); earlier runs logged it at
-    the run's root: both are looked for, in that order (:data:`RUN_ARTIFACT_PATHS`).
-    """
-    import mlflow.artifacts
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from timbrelab.tracking import tracking_uri
-
-    uri = tracking_uri()
-    client = MlflowClient(tracking_uri=uri)
-    try:
-        client.get_run(run_id)
-        logged = {info.path for folder in {str(Path(p).parent) for p in RUN_ARTIFACT_PATHS}
-                  for info in client.list_artifacts(run_id, None if folder == "." else folder)}
-    except MlflowException as exc:
-        raise TimbrelabError(f"MLflow run {run_id!r}: not found in {uri} ({_first_line(exc)})") from None
-    found = next((path for path in RUN_ARTIFACT_PATHS if path in logged), None)
-    if found is None:
-        raise TimbrelabError(f"MLflow run {run_id!r} has no model.pt artifact (looked for "
-                             f"{' and '.join(RUN_ARTIFACT_PATHS)}); pass the run id of a train_ddsp run")
-    try:
-        with _quiet_mlflow_downloads():
-            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=found, dst_path=str(dst),
-                                                        tracking_uri=uri)
-    except (MlflowException, OSError) as exc:
-        raise TimbrelabError(f"MLflow run {run_id!r}: cannot download {found} ({_first_line(exc)})") from None
-    return Path(local), found
-
-
-@contextlib.contextmanager
-def _quiet_mlflow_downloads() -> Iterator[None]:
-    """No MLflow progress bar on stderr (the CLI's stderr is for one-line errors and warnings); restored after."""
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    before = os.environ.get(key)
-    os.environ[key] = "false"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def load_transfer_model(checkpoint: str | os.PathLike | None = None, run_id: str | None = None,
-                        model: str = "ddsp"):
-    """``(model, payload, source)`` for transfer; ``source`` names where the weights came from.
-
-    Exactly one of: ``checkpoint`` (a ``model.pt`` path), ``run_id`` (an MLflow run whose ``model.pt``
-    artifact is downloaded from :func:`timbrelab.tracking.tracking_uri`, i.e. ``MLFLOW_TRACKING_URI`` or the
-    repository's store), or neither: the pipeline's own model (:func:`default_checkpoint`). Errors name the
-    file or run: a missing file (with the hint to run ``dvc repro``), a file that is not a checkpoint, one of
-    another model type, or one whose weights do not fit its config.
-    """
-    from timbrelab.training.ddsp import load_checkpoint
-
-    if model not in MODELS:
-        raise ConfigError(f"--model {model!r}: unknown; choose one of {', '.join(MODELS)}")
-    if checkpoint is not None and run_id is not None:
-        raise ConfigError("pass either a checkpoint path or an MLflow run id, not both")
-    if run_id is not None:
-        tmp = Path(tempfile.mkdtemp(prefix="timbrelab-run-"))
-        try:
-            path, artifact = _download_run_checkpoint(str(run_id), tmp)
-            source = f"{artifact} of MLflow run {run_id}"
-            try:
-                loaded, payload = load_checkpoint(path)
-            except TimbrelabError as exc:
-                raise TimbrelabError(str(exc).replace(str(path), source)) from None
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        if checkpoint is None:
-            path = default_checkpoint()
-            if not path.is_file():
-                raise TimbrelabError(f"{path}: no trained model yet; run `dvc repro` (or `dvc repro train_ddsp`) "
-                                     "to train it, or pass --checkpoint PATH / --run-id ID")
-        else:
-            path = Path(checkpoint)
-        source = str(path)
-        loaded, payload = load_checkpoint(path)
-    check_transfer_payload(loaded, payload, source)
-    return loaded, payload, source
-
-
-def check_transfer_payload(model, payload: Mapping[str, Any], source: str) -> FeaturesConfig:
+def check_payload(model, payload: Mapping[str, Any], source: str) -> FeaturesConfig:
     """Refuse, at load time and naming ``source``, a checkpoint transfer cannot use: stats without the
     loudness quantiles or pitch range, an unreadable features config, or a model off the features' grid."""
     try:
         cfg = features_config(_target_stats(payload))
         check_model_matches(model, cfg)
     except (ConfigError, KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"{source}: {_first_line(exc)}") from None
+        raise ConfigError(f"{source}: {first_line(exc)}") from None
     return cfg
 
 
 def transfer_file(input_path: str | os.PathLike, output_path: str | os.PathLike, model, payload: Mapping[str, Any],
                   **options: Any) -> TransferResult:
-    """Read ``input_path`` (any format, rate, channels), transfer, write a mono PCM_16 WAV at the model's
-    rate atomically: on any error nothing is written. Errors about the input name the file."""
-    from timbrelab.audio import load_audio, save_wav
+    """Read ``input_path`` (any format, rate, channels), transfer, write mono audio at the model's rate
+    atomically in the format ``output_path``'s extension names (:mod:`timbrelab.audio_out`): on any error
+    nothing is written. Errors about the input name the file; the output may not be the input."""
+    from timbrelab.audio import load_audio
+    from timbrelab.audio_out import check_input, check_output, save_audio
 
+    check_input(input_path)
+    check_output(output_path, inputs=(input_path,))
     audio, sr = load_audio(input_path, sample_rate=None)
     try:
         result = ddsp_transfer(audio, sr, model, payload, **options)
     except AudioError as exc:
         raise AudioError(f"{input_path}: {exc}") from exc
-    save_wav(output_path, result.audio, result.sample_rate)
+    save_audio(output_path, result.audio, result.sample_rate)
     return result
