@@ -259,7 +259,7 @@ def save_classifier(model: TimbreClassifier, path: str | os.PathLike, *, train_c
     """Write ``path`` atomically in the one checkpoint contract (:mod:`timbrelab.models.checkpoint`): the CQT
     grid as its stats, the seed and held-out metrics besides."""
     save_checkpoint(path, make_payload(
-        MODEL_TYPE, model, model.config(), train_config=asdict(train_config) if train_config else None,
+        MODEL_TYPE, model, model.config(), train_config=plain(asdict(train_config)) if train_config else None,
         stats=getattr(model, "grid", {}) or {}, seed=seed, metrics=plain(metrics)))
 
 

@@ -6,7 +6,7 @@ Payload (plain containers and tensors only, so ``torch.load(weights_only=True)``
      "format": 1,                   # FORMAT when written; a newer one is refused with "upgrade timbrelab"
      "state_dict": {...},           # tensors, detached, contiguous, on the CPU
      "model_config": {...},         # what the model's builder needs besides stats
-     "train_config": {...} | None,  # how it was trained (for people and tags; never needed to load)
+     "train_config": {...} | None,  # how it was trained, plain containers (for people; never needed to load)
      "stats": {...} | None,         # the training data's statistics / grid the model depends on
      "hash": "..." | None,          # the operative config hash of the run that made it
      **extra}                       # model-specific fields (the classifier's metrics, say)
@@ -53,8 +53,8 @@ def make_payload(model_type: str, model: torch.nn.Module, model_config: Mapping[
                  digest: str | None = None, **extra: Any) -> dict[str, Any]:
     """The payload of the contract (see the module doc), in its fixed key order."""
     return {"model_type": model_type, "format": FORMAT, "state_dict": plain_state_dict(model),
-            "model_config": dict(model_config), "train_config": plain(train_config), "stats": plain(stats),
-            "hash": digest, **extra}
+            "model_config": dict(model_config), "train_config": dict(train_config) if train_config is not None
+            else None, "stats": plain(stats), "hash": digest, **extra}
 
 
 def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> None:
