@@ -29,7 +29,7 @@ SHOW = "import json, sys, os; print(json.dumps([torch.backends.cpu.get_cpu_capab
 def test_pin_sets_the_capability_before_torch_loads():
     planned = cpu.planned_settings()
     capability, state, env = json.loads(python("import timbrelab, torch; " + SHOW).stdout)
-    assert state["state"] == "applied" and state["env"] == planned and state["preset"] == []
+    assert state["state"] == "applied" and state["env"] == planned and state["preset"] == state["late"] == []
     if planned:
         assert capability == planned["ATEN_CPU_CAPABILITY"].upper()
         assert env["ONEDNN_MAX_CPU_ISA"] == "AVX2"
@@ -44,7 +44,7 @@ def test_a_value_in_the_environment_wins():
 
 def test_a_pin_after_torch_says_so_and_sets_nothing():
     _, state, env = json.loads(python("import torch, timbrelab; " + SHOW).stdout)
-    assert state == {"state": "too_late", "env": {}, "preset": []}
+    assert state == {"state": "too_late", "env": {}, "preset": [], "late": []}
     assert env == {"ATEN_CPU_CAPABILITY": None, "ONEDNN_MAX_CPU_ISA": None, "MKL_CBWR": None}
 
 

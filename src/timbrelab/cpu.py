@@ -17,9 +17,10 @@ first thing, so every ``python -m timbrelab.stages.X`` and console script is pin
   honours, costs too much: see ``benchmarks/cpu_pinning.py``).
 * ``NPY_DISABLE_CPU_FEATURES``: numpy's runtime SIMD dispatch, capped at its AVX2 level (``X86_V3``) on CPUs
   with AVX-512. The data stages need it: numpy's dispatch level changes the features stage's log-CQT (measured
-  on an AVX2 machine by disabling ``X86_V3``: every CQT row changed, f0 and loudness did not), and an
-  unpinned features stage on an AVX2-only AMD EPYC did not reproduce the hash an AVX-512 Intel Xeon made.
-  Set only for numpy >= 2.4, whose dispatch names these are (numpy warns about a name it does not dispatch).
+  on an AVX2 machine by disabling ``X86_V3``: the CQT of each of 4 clips tried changed, f0 and loudness did
+  not), and an unpinned features stage on an AVX2-only AMD EPYC did not reproduce the hash an Intel Xeon
+  made. Set only for numpy >= 2.4, whose dispatch names these are (numpy warns about a name it does not
+  dispatch), and not where numpy is already imported (listed under ``late``).
 
 Values already in the environment win (``os.environ.setdefault``). ``TIMBRELAB_CPU_PIN=0`` turns the pin off
 (for speed); a pin that runs after torch was imported sets nothing and says so (``state: too_late``).
@@ -55,7 +56,7 @@ _CBWR_NAMES = {0: "OFF", 1: "OFF", 2: "AUTO", 3: "COMPATIBLE", 4: "SSE2", 6: "SS
                9: "AVX", 10: "AVX2", 11: "AVX512_MIC", 12: "AVX512", 13: "AVX512_MIC_E1", 14: "AVX512_E1"}
 _CBWR_STRICT = 0x10000
 
-_STATE: dict[str, Any] = {"state": "not_called", "env": {}, "preset": []}
+_STATE: dict[str, Any] = {"state": "not_called", "env": {}, "preset": [], "late": []}
 
 
 def cpuinfo(path: str | os.PathLike = "/proc/cpuinfo") -> dict[str, Any]:
@@ -110,8 +111,8 @@ def pin() -> dict[str, Any]:
     """Set, with ``os.environ.setdefault``, each library's CPU code path (module doc) before torch loads.
 
     Returns (and remembers, for :func:`fingerprint`) ``{"state": "applied" | "disabled" | "too_late",
-    "env": {var: value in effect}, "preset": [vars the environment had already set]}``. Idempotent: a second
-    call returns the first call's record.
+    "env": {var: value in effect}, "preset": [vars the environment had already set], "late": [vars not set
+    because their library was already imported]}``. Idempotent: a second call returns the first call's record.
     """
     if _STATE["state"] != "not_called":
         return pin_state()
@@ -123,6 +124,9 @@ def pin() -> dict[str, Any]:
         _STATE["state"] = "too_late"
     else:
         settings = planned_settings()
+        if "numpy" in sys.modules and "NPY_DISABLE_CPU_FEATURES" in settings:
+            del settings["NPY_DISABLE_CPU_FEATURES"]
+            _STATE["late"] = ["NPY_DISABLE_CPU_FEATURES"]
         _STATE["preset"] = sorted(var for var in settings if var in os.environ)
         _STATE["env"] = {var: os.environ.setdefault(var, value) for var, value in settings.items()}
         _STATE["state"] = "applied"
@@ -130,7 +134,8 @@ def pin() -> dict[str, Any]:
 
 
 def pin_state() -> dict[str, Any]:
-    return {"state": _STATE["state"], "env": dict(_STATE["env"]), "preset": list(_STATE["preset"])}
+    return {"state": _STATE["state"], "env": dict(_STATE["env"]), "preset": list(_STATE["preset"]),
+            "late": list(_STATE["late"])}
 
 
 def _torch_cpu_library():
