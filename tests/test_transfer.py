@@ -4,6 +4,7 @@ pitch-range warning, peak safety, model resolution (path, MLflow run, default) a
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import warnings
@@ -369,7 +370,13 @@ def test_run_id_downloads_and_uses_the_runs_model(mlflow_store, stats, tmp_path,
     audio, _ = sf.read(str(tmp_path / "o.wav"))
     assert abs(peak_hz(audio) - 220.0) < 2.0
 
-    # The same model as a registered version: --model-uri goes through the same fetch.
+    # The same model as a registered version: --model-uri goes through the same fetch, even in a process whose
+    # global MLflow URIs point at another store (a stage run earlier in it, say).
+    import mlflow
+
+    store = os.environ["MLFLOW_TRACKING_URI"]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'other.db'}")    # (it also rewrites the variable)
+    os.environ["MLFLOW_TRACKING_URI"] = store                        # the fixture's monkeypatch restores it
     client.create_registered_model("timbrelab-ddsp-cello")
     client.create_model_version("timbrelab-ddsp-cello", f"runs:/{run.info.run_id}/model", run.info.run_id)
     code, out, err = run_cli(capsys, str(tmp_path / "in.wav"), "--model-uri", "models:/timbrelab-ddsp-cello/latest",

@@ -50,6 +50,7 @@ def fetch_checkpoint(source: str, dst: str | os.PathLike | None = None) -> tuple
     """Download a model's ``model.pt`` from the MLflow store of :func:`timbrelab.tracking.tracking_uri` ->
     ``(local path, what it is)``. ``source``: ``models:/timbrelab-ddsp-cello/3`` (a version, or ``/latest``),
     ``runs:/<run_id>/model`` (a folder a stage run logged), or a bare run id (its ``model/model.pt``)."""
+    import mlflow
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -57,6 +58,9 @@ def fetch_checkpoint(source: str, dst: str | os.PathLike | None = None) -> tuple
     from timbrelab.tracking import tracking_uri
 
     uri = tracking_uri()
+    # models:/ URIs resolve through the process-wide registry URI, not the tracking_uri argument below.
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     dst = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="timbrelab-model-"))
     if source.startswith(("models:/", "runs:/")):
         artifact_uri, described = source, source
