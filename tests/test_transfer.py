@@ -377,8 +377,11 @@ def test_run_id_downloads_and_uses_the_runs_model(mlflow_store, stats, tmp_path,
     store = os.environ["MLFLOW_TRACKING_URI"]
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'other.db'}")    # (it also rewrites the variable)
     os.environ["MLFLOW_TRACKING_URI"] = store                        # the fixture's monkeypatch restores it
-    client.create_registered_model("timbrelab-ddsp-cello")
-    client.create_model_version("timbrelab-ddsp-cello", f"runs:/{run.info.run_id}/model", run.info.run_id)
+    from mlflow.tracking import MlflowClient
+
+    registry = MlflowClient(tracking_uri=store, registry_uri=store)    # explicit: the globals point elsewhere
+    registry.create_registered_model("timbrelab-ddsp-cello")
+    registry.create_model_version("timbrelab-ddsp-cello", f"runs:/{run.info.run_id}/model", run.info.run_id)
     code, out, err = run_cli(capsys, str(tmp_path / "in.wav"), "--model-uri", "models:/timbrelab-ddsp-cello/latest",
                              "-o", str(tmp_path / "o2.wav"))
     assert code == 0 and "models:/timbrelab-ddsp-cello/latest" in out, err
