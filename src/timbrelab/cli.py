@@ -91,7 +91,8 @@ def _cmd_transfer(args: argparse.Namespace) -> None:
                           loudness_shift_db=args.loudness_shift)
     for message in result.warnings:
         print(f"timbrelab: warning: {message}", file=sys.stderr)
-    domain = (payload.get("train_config") or {}).get("domain", "the target")
+    trained = payload.get("train_config") or {}
+    domain = trained.get("domain") or trained.get("domain_b") or "the target"
     print(f"wrote {args.output}: {result.seconds:.2f} s mono {result.sample_rate} Hz through {args.model} ({domain}, "
           f"{source}); octave shift {result.octave_shift:+d}"
           f"{' (auto)' if args.octave_shift == 'auto' else ''}, loudness shift {args.loudness_shift:+.1f} dB, "

@@ -3,6 +3,7 @@ split sharded per DDP rank. Apart from the datasets so that reading features nev
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ class _FeatureDataModule(LightningDataModule):
         self.features_root = Path(features_root)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, check_seed(seed)
         self.datasets: dict[str, Dataset] = {}
+        self.resume_batches = 0   # train batches a resumed run has already taken (training.loop sets it)
 
     def stats_path(self, domain: str) -> Path:
         if not (self.features_root / domain).is_dir():
@@ -68,9 +70,14 @@ class _FeatureDataModule(LightningDataModule):
         # Evaluation loaders keep plain int keys: their datasets stay at epoch 0 (fixed crops, pairings)
         # even though Lightning also calls set_epoch on evaluation samplers.
         dataset = self._dataset(split)
+        sampler = None
+        if split == "train":
+            sampler = EpochSampler(len(dataset), self.seed, **self._shard())
+            per_epoch = math.ceil(len(sampler) / self.batch_size)
+            if self.resume_batches % per_epoch:   # resumed mid-epoch: that epoch's remaining batches only
+                sampler.resume_at(self.resume_batches // per_epoch, self.resume_batches % per_epoch * self.batch_size)
         return DataLoader(
-            dataset, batch_size=self.batch_size,
-            sampler=EpochSampler(len(dataset), self.seed, **self._shard()) if split == "train" else None,
+            dataset, batch_size=self.batch_size, sampler=sampler,
             num_workers=self.num_workers, worker_init_fn=seed_worker,
             generator=torch.Generator().manual_seed(self.seed),
             persistent_workers=self.num_workers > 0, drop_last=False,
@@ -108,7 +115,8 @@ class DDSPDataModule(_FeatureDataModule):
 
 
 class CycleGANDataModule(_FeatureDataModule):
-    """:class:`UnpairedCQTDataset` batches: ``a``, ``b`` each ``(B, 1, n_bins, crop_frames)``."""
+    """:class:`UnpairedCQTDataset` batches: ``a``, ``b`` each ``(B, 1, n_bins, crop_frames)`` in training; valid
+    and test items are whole clips (a fully convolutional generator takes any length)."""
 
     def __init__(self, features_root: str | os.PathLike, domain_a: str, domain_b: str, batch_size: int,
                  crop_frames: int, num_workers: int = 0, seed: int = 0):
@@ -119,7 +127,7 @@ class CycleGANDataModule(_FeatureDataModule):
         root = self.features_root
         return UnpairedCQTDataset(root / self.domain_a / split, root / self.domain_b / split,
                                   self.stats_path(self.domain_a), self.stats_path(self.domain_b),
-                                  self.crop_frames, self.seed, random_crop=train)
+                                  self.crop_frames if train else None, self.seed, random_crop=train)
 
 
 class WaveNetDataModule(_FeatureDataModule):

@@ -276,9 +276,15 @@ class EpochSampler(Sampler):
                                  f"process needs at least one; use fewer devices or more data")
         self.rank, self.world_size = int(rank), int(world_size)
         self.handed: list[tuple[int, int]] = []
+        self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    def resume_at(self, epoch: int, skip: int) -> None:
+        """The next pass over ``epoch`` leaves out its first ``skip`` keys (those a resumed run already trained
+        on), so a run resumed mid-epoch sees the batches an uninterrupted one would."""
+        self._resume = (int(epoch), int(skip))
 
     def __len__(self) -> int:
         return self.n // self.world_size
@@ -287,8 +293,12 @@ class EpochSampler(Sampler):
         order = _rng(self.seed, self.epoch, _SHUFFLE).permutation(self.n) if self.shuffle else range(self.n)
         if self.world_size > 1:
             order = order[: len(self) * self.world_size][self.rank :: self.world_size]
+        keys = [(self.epoch, int(i)) for i in order]
+        if self._resume is not None and self._resume[0] == self.epoch:
+            keys = keys[self._resume[1]:]
+            self._resume = None
         self.handed = []
-        return self._hand_out([(self.epoch, int(i)) for i in order])
+        return self._hand_out(keys)
 
     def _hand_out(self, keys: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
         for key in keys:
@@ -388,12 +398,12 @@ class UnpairedCQTDataset(_EpochDataset):
     times (the extra rows drawn at random); domain a in row order (item ``k`` is a's row ``k`` when a
     is the larger domain), domain b in a permutation seeded by ``(seed, epoch)``, drawn independently
     of a. ``random_crop`` draws a's and b's crop starts independently per ``(seed, epoch, index)``;
-    otherwise crops start at column 0.
+    otherwise crops start at column 0. ``crop_frames=None``: the frames both domains' clips have (whole clips).
     """
 
     def __init__(self, split_dir_a: str | os.PathLike, split_dir_b: str | os.PathLike,
                  stats_a: Mapping[str, Any] | str | os.PathLike, stats_b: Mapping[str, Any] | str | os.PathLike,
-                 crop_frames: int, seed: int = 0, random_crop: bool = True):
+                 crop_frames: int | None, seed: int = 0, random_crop: bool = True):
         super().__init__(seed)
         self.split_a = _non_empty(FeatureSplit(split_dir_a, stats_a))
         self.split_b = _non_empty(FeatureSplit(split_dir_b, stats_b))
@@ -402,8 +412,9 @@ class UnpairedCQTDataset(_EpochDataset):
         if self.split_a.n_bins != self.split_b.n_bins:
             raise ConfigError(f"{self.split_a.path} has n_bins={self.split_a.n_bins} but {self.split_b.path} has "
                               f"n_bins={self.split_b.n_bins}; both domains need one features.cqt grid, {REPRO}")
-        self.crop_frames = _check_crop_frames(crop_frames, min(self.split_a.n_cqt_frames, self.split_b.n_cqt_frames),
-                                              f"{self.split_a.path} and {self.split_b.path}")
+        common = min(self.split_a.n_cqt_frames, self.split_b.n_cqt_frames)
+        self.crop_frames = common if crop_frames is None else _check_crop_frames(
+            crop_frames, common, f"{self.split_a.path} and {self.split_b.path}")
         self.max_start_a = self.split_a.n_cqt_frames - self.crop_frames
         self.max_start_b = self.split_b.n_cqt_frames - self.crop_frames
         self.random_crop = random_crop

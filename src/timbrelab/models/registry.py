@@ -76,6 +76,15 @@ MODELS: dict[str, ModelSpec] = {
             export="timbrelab.inference.streaming:export_torchscript",
         ),
         ModelSpec(
+            name="cyclegan", label="CycleGAN (log-CQT)",
+            build="timbrelab.models.cyclegan:build", example="timbrelab.training.cyclegan:example",
+            stage="train_cyclegan", output="models/cyclegan",
+            lightning="timbrelab.training.cyclegan:CycleGANLightningModule",
+            schema="timbrelab.training.cyclegan_config:CycleGANTrainConfig",
+            train="timbrelab.training.cyclegan:train", summary="timbrelab.training.cyclegan:summary",
+            transfer="timbrelab.inference.cyclegan_transfer",
+        ),
+        ModelSpec(
             name="timbre_classifier", label="timbre classifier",
             build="timbrelab.models.classifier:build", example="timbrelab.evaluation.classifier:example",
             stage="train_classifier", output="models/classifier",

@@ -61,7 +61,8 @@ class CurveRecorder(Callback):
     step's train values are read at the next hook that follows it (the next batch, the validation, the end).
     Its state rides in the checkpoint, so a resumed run keeps the whole curve."""
 
-    def __init__(self, keys: Sequence[str]) -> None:
+    def __init__(self, keys: Sequence[str], steps_per_batch: int = 1) -> None:
+        self.steps_per_batch = steps_per_batch   # optimiser steps Lightning counts per batch (rows say batches)
         self.train_keys = [k for k in keys if k.startswith("train/")]
         self.val_keys = [k for k in keys if not k.startswith("train/")]
         self.rows: list[list[float]] = []
@@ -95,11 +96,13 @@ class CurveRecorder(Callback):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._collect(trainer)   # before SaveOnTerminate writes the state: the last step's value is in it
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # After the module's own on_validation_epoch_end and Lightning's epoch-end logging: a value the module
+        # logs there (a distance over the whole split, say) is in callback_metrics by now.
         metrics = trainer.callback_metrics
         if trainer.sanity_checking or any(k not in metrics for k in self.val_keys):
             return
-        self.rows.append([int(trainer.global_step), *self.train_means(),
+        self.rows.append([int(trainer.global_step) // self.steps_per_batch, *self.train_means(),
                           *(float(metrics[k]) for k in self.val_keys)])
         self.window = {k: [] for k in self.train_keys}
 
@@ -244,38 +247,43 @@ class TrainingRun:
         resume = self.resume_point()
         best_cb = ModelCheckpoint(dirpath=self.ckpt_dir, filename="best", monitor=module.monitor, mode="min",
                                   save_top_k=1, save_last=True, enable_version_counter=False)
-        curves, shards = CurveRecorder(module.curve_keys), ShardCheck()
+        curves, shards = CurveRecorder(module.curve_keys, int(getattr(module, "steps_per_batch", 1))), ShardCheck()
         on_term = SaveOnTerminate(last)
         logger: Any = False
         if mlflow_run_id is not None:
             logger = AttachedMLFlowLogger(experiment_name=tracking.EXPERIMENT_NAME,
                                           tracking_uri=tracking.tracking_uri(), run_id=mlflow_run_id)
+        # Lightning counts optimiser steps: a GAN that steps two optimisers per batch declares it.
+        per_batch = int(getattr(module, "steps_per_batch", 1))
         trainer = Trainer(
-            **self.trainer_cfg.kwargs(), max_steps=self.max_steps, max_epochs=-1,
+            **self.trainer_cfg.kwargs(), max_steps=self.max_steps * per_batch, max_epochs=-1,
             val_check_interval=self.val_every_steps, check_val_every_n_epoch=None, num_sanity_val_steps=0,
             callbacks=[best_cb, curves, shards, on_term], logger=logger, enable_checkpointing=True,
             log_every_n_steps=min(10, self.val_every_steps), enable_progress_bar=self.progress,
             enable_model_summary=self.progress, deterministic=True, default_root_dir=str(self.ckpt_dir),
         )
+        if resume is not None and hasattr(datamodule, "resume_batches"):
+            # Lightning restarts a non-resumable loader at its epoch's start: the sampler skips what was trained.
+            datamodule.resume_batches = int(torch_load(resume)["global_step"]) // per_batch
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
         except SIGTERMException:
-            raise Terminated(f"{self.stage} was stopped by SIGTERM at step {trainer.global_step}; "
+            raise Terminated(f"{self.stage} was stopped by SIGTERM at step {trainer.global_step // per_batch}; "
                              + (f"its checkpoint {last} is kept: rerun the stage to resume from it"
                                 if on_term.saved else "no checkpoint was saved: a rerun starts over")) from None
         # The last step need not be a validation step: always leave last.ckpt at the final step (atomically).
         # Every rank calls save_checkpoint (it ends in a barrier); only rank 0 writes.
         if not trainer.is_global_zero:
             trainer.save_checkpoint(last, weights_only=False)
-            return FitResult(steps=int(trainer.global_step), curves=curves, world_size=int(trainer.world_size),
-                             rank=int(trainer.global_rank))
+            return FitResult(steps=int(trainer.global_step) // per_batch, curves=curves,
+                             world_size=int(trainer.world_size), rank=int(trainer.global_rank))
         with atomic_path(last) as tmp:
             trainer.save_checkpoint(tmp, weights_only=False)
         best = self.ckpt_dir / "best.ckpt"
         if best.is_file():   # else the fit ran no validation: the weights as they are
             module.load_state_dict(torch_load(best)["state_dict"])
-        return FitResult(steps=int(trainer.global_step), curves=curves, world_size=int(trainer.world_size),
-                         shards=shards.report, backend=shards.backend,
+        return FitResult(steps=int(trainer.global_step) // per_batch, curves=curves,
+                         world_size=int(trainer.world_size), shards=shards.report, backend=shards.backend,
                          client=logger.experiment if logger else None, monitor=module.monitor)
 
     def write_outputs(self, out_dir: Path, payload: Mapping[str, Any], metrics: Mapping[str, Any],
