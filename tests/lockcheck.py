@@ -77,6 +77,10 @@ TOLERANCES: tuple[tuple[str, Tol, str], ...] = (
     (r"(^|[./])(clips|skipped|steps|world_size|f0_voiced_frames)$", Tol(), "a count fixed by data and config"),
     (r"(^|[./])rank$", Tol(), "the systems' order is the demo's claim (B: unchanged)"),
     (r"(^|[./])best_step$", Tol(abs=200), "B: 0; validation runs every 100 steps, so two intervals"),
+    # The CycleGAN (its own files and its rows of reports/metrics.json): adversarial training amplifies rounding
+    # differences, and no second CPU type has run it yet (measured only on AMD EPYC Zen 3, 2026-12-07): a wide
+    # band, to be narrowed with `python tests/lockcheck.py spread` once another machine has run it.
+    (r"^cyclegan(_untrained)?[:.]", Tol(abs=0.3, rel=0.6), "unmeasured across CPU types (a GAN)"),
     (r"(^|[./])acceptance(_low|_high)?$", Tol(abs=0.22), "A: 0.109, B: 0.047, C: 0.031"),
     (r"(^|[./])transfer_score(_low|_high)?$", Tol(abs=0.16), "A: 0.077, B: 0.071"),
     (r"(^|[./])(balanced_)?accuracy([._]\w+)?$", Tol(abs=0.04),
@@ -182,8 +186,15 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def compare_metrics(committed: Mapping[str, Any], fresh: Mapping[str, Any]) -> list[str]:
-    """One line per metric that differs beyond :data:`TOLERANCES` (or is missing, or has no rule)."""
+def metrics_scope(path: str) -> str:
+    """The prefix a metrics file's keys get when their rule is looked up: ``cyclegan:`` for the CycleGAN's own
+    files (train_cyclegan, evaluate_cyclegan*), whose keys carry no system name; else none."""
+    return "cyclegan:" if "cyclegan" in Path(path).stem else ""
+
+
+def compare_metrics(committed: Mapping[str, Any], fresh: Mapping[str, Any], scope: str = "") -> list[str]:
+    """One line per metric that differs beyond :data:`TOLERANCES` (or is missing, or has no rule); rules are
+    looked up for ``scope + key``."""
     old, new = flatten(committed), flatten(fresh)
     problems = []
     for key in sorted(set(old) | set(new)):
@@ -195,7 +206,7 @@ def compare_metrics(committed: Mapping[str, Any], fresh: Mapping[str, Any]) -> l
             if a != b:
                 problems.append(f"{key}: {a!r} -> {b!r}")
             continue
-        rule = tolerance_for(key)
+        rule = tolerance_for(scope + key)
         if rule is None:
             if a != b:
                 problems.append(f"{key}: {a!r} -> {b!r} (no tolerance rule for this metric: add one to "
@@ -308,7 +319,7 @@ def compare(dvc_yaml: Mapping[str, Any], committed_lock: Mapping[str, Any], fres
                 if old_doc is None or new_doc is None:
                     problems.append(f"{path}: {'not in HEAD' if old_doc is None else 'missing from the fresh run'}")
                     continue
-                problems += [f"{path} {p}" for p in compare_metrics(old_doc, new_doc)]
+                problems += [f"{path} {p}" for p in compare_metrics(old_doc, new_doc, metrics_scope(path))]
         if problems:
             result.problems[name] = problems
     return result
@@ -369,7 +380,7 @@ def spread_report(repo: Path, other: Path) -> str:
         for key in sorted(set(a) & set(b)):
             if not (_is_number(a[key]) and _is_number(b[key])):
                 continue
-            rule = tolerance_for(key)
+            rule = tolerance_for(metrics_scope(path) + key)
             limit = "no rule" if rule is None else f"{rule[0].limit(a[key]):.4g}"
             ok = "" if rule is None else ("yes" if rule[0].allows(a[key], b[key]) else "NO")
             d = abs(b[key] - a[key])

@@ -16,7 +16,7 @@ import torch
 
 from timbrelab.errors import ConfigError, TimbrelabError
 from timbrelab.models.cyclegan import PRESETS, Discriminator, Generator, translate_chunked
-from timbrelab.training.cyclegan import CycleGANLightningModule, check_domains, cqt_profiles, train
+from timbrelab.training.cyclegan import CycleGANLightningModule, check_domains, cqt_profiles, pitch_kept, train
 from timbrelab.training.cyclegan_config import CycleGANTrainConfig
 
 SR, HOP, CQT_HOP, N_BINS, BPO = 16000, 64, 256, 48, 12
@@ -161,15 +161,42 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["state_dict"]
 
 
+@pytest.fixture(scope="module")
+def trained(features, tmp_path_factory) -> tuple[Path, dict, tuple]:
+    """One uninterrupted tiny training logged to a temporary MLflow store: (its folder, its metrics, (client,
+    run id))."""
+    from mlflow.tracking import MlflowClient
+
+    root = tmp_path_factory.mktemp("trained")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        run_id = client.create_run(client.create_experiment("timbrelab", (root / "art").as_uri())).info.run_id
+        metrics = train(config(root), root / "out", features_root=features, mlflow_run_id=run_id, progress=False)
+    return root, metrics, (client, run_id)
+
+
+def test_every_loss_the_cqt_images_and_a_registry_version_land_in_the_stage_run(trained):
+    _, metrics, (client, run_id) = trained
+    for key in ("train/g_adv", "train/cycle", "train/identity", "train/d_loss", "val/cycle", "val/frechet_profile"):
+        assert client.get_metric_history(run_id, key), key
+    images = [f.path for f in client.list_artifacts(run_id, "cqt_images")]
+    assert images == ["cqt_images/step_0000003.png", "cqt_images/step_0000006.png"]
+    assert metrics["registered_model"] == "timbrelab-cyclegan-sine-cello/1"
+    assert sorted(p.name for p in (trained[0] / "out").iterdir()) == ["curves.csv", "metrics.json", "model.pt",
+                                                                      "untrained.pt"]
+
+
 def test_training_writes_both_models_and_curves_and_resumes_after_a_kill_to_the_same_weights(
-        features, tmp_path, monkeypatch):
-    whole = train(config(tmp_path / "whole"), tmp_path / "whole/out", features_root=features, progress=False)
+        features, trained, tmp_path, monkeypatch):
+    whole_root, whole, _ = trained
     assert whole["steps"] == 6 and whole["best_step"] in (3, 6)
-    rows = (tmp_path / "whole/out/curves.csv").read_text().splitlines()
+    rows = (whole_root / "out/curves.csv").read_text().splitlines()
     assert rows[0].startswith("step,train_g_adv,train_cycle") and [r.split(",")[0] for r in rows[1:]] == ["3", "6"]
     assert np.isfinite(whole["test/frechet_profile"]) and np.isfinite(whole["identity/test_frechet_profile"])
-    untrained = _state(tmp_path / "whole/out/untrained.pt")
-    assert any(not torch.equal(untrained[k], v) for k, v in _state(tmp_path / "whole/out/model.pt").items())
+    untrained = _state(whole_root / "out/untrained.pt")
+    assert any(not torch.equal(untrained[k], v) for k, v in _state(whole_root / "out/model.pt").items())
 
     from timbrelab.errors import Terminated
 
@@ -187,11 +214,29 @@ def test_training_writes_both_models_and_curves_and_resumes_after_a_kill_to_the_
     resumed = train(config(tmp_path / "killed"), tmp_path / "killed/out", features_root=features, progress=False)
     assert resumed["steps"] == 6
     for name in ("out/model.pt", "out/untrained.pt", "last"):
-        paths = [next((tmp_path / run / "cache").glob("*/last.ckpt")) if name == "last" else tmp_path / run / name
-                 for run in ("whole", "killed")]
+        paths = [next((run / "cache").glob("*/last.ckpt")) if name == "last" else run / name
+                 for run in (whole_root, tmp_path / "killed")]
         a, b = (_state(p) for p in paths)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name   # all four networks at 6
-    assert (tmp_path / "whole/out/curves.csv").read_text() == (tmp_path / "killed/out/curves.csv").read_text()
+    assert (whole_root / "out/curves.csv").read_text() == (tmp_path / "killed/out/curves.csv").read_text()
+
+
+def test_transfer_cli_renders_a_file_through_the_cyclegan(trained, tmp_path, capsys):
+    from timbrelab import cli
+    from timbrelab.audio import load_audio, save_wav
+
+    t = np.arange(SR * 2) / SR
+    save_wav(tmp_path / "in.wav", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), SR)
+    code = cli.main(["transfer", "--model", "cyclegan", str(tmp_path / "in.wav"), "-o", str(tmp_path / "out.wav"),
+                     "--checkpoint", str(trained[0] / "out/model.pt")])
+    out = capsys.readouterr().out
+    assert code == 0 and "through cyclegan (cello" in out
+    audio, sr = load_audio(tmp_path / "out.wav", sample_rate=None)
+    assert sr == SR and audio.shape[0] == t.shape[0] and 0 < np.abs(audio).max() <= 1.0
+    code = cli.main(["transfer", "--model", "cyclegan", str(tmp_path / "in.wav"), "-o", str(tmp_path / "o2.wav"),
+                     "--checkpoint", str(trained[0] / "out/curves.csv")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "curves.csv" in err
 
 
 def test_bad_domains_fail_in_one_line_before_training(features, tmp_path):
@@ -224,3 +269,15 @@ def test_cqt_profiles_drop_pitch_and_level():
     a, b = cqt_profiles(frame[None], threshold=-8.0), cqt_profiles(moved[None], threshold=-8.0)
     assert a.shape == (1, 60)
     np.testing.assert_allclose(a[:, 12:40], b[:, 12:40])
+
+
+def test_pitch_kept_reads_the_lowest_strong_partial():
+    """A sine's bin, with cello-like partials added above it, is kept; moved down an octave it is not."""
+    source = np.full((1, 48, 10), -10.0)
+    source[0, 10] = -1.0
+    richer = source.copy()
+    richer[0, [22, 29, 34]] = np.array([-0.5, -1.5, -2.0])[:, None]   # louder harmonics above the same fundamental
+    lower = source.copy()
+    lower[0, 10], lower[0, 0] = -10.0, -1.0                # the note an octave (12 bins here) and more lower
+    assert pitch_kept(source, source, threshold=-5.0) == pitch_kept(source, richer, threshold=-5.0) == 1.0
+    assert pitch_kept(source, lower, threshold=-5.0) == 0.0

@@ -87,6 +87,31 @@ def profile_frechet(translated: np.ndarray, real: np.ndarray) -> float:
     return frechet_distance(a, b)
 
 
+PITCH_RANGE = 2.3          # nepers (20 dB) under a frame's loudest bin: quieter bins are not its pitch
+PITCH_TOLERANCE = 1        # bins (a 24-bin octave: 50 cents)
+
+
+def cqt_pitch_bins(log_cqt: np.ndarray) -> np.ndarray:
+    """``(N, F, T)`` -> ``(N, T)``: each frame's lowest bin that is a local maximum within ``PITCH_RANGE`` of the
+    frame's loudest bin — a crude pitch read straight off the CQT (the lowest strong partial)."""
+    x = np.asarray(log_cqt, dtype=np.float64)
+    strong = x >= x.max(axis=1, keepdims=True) - PITCH_RANGE
+    peak = np.ones_like(strong)
+    peak[:, 1:] &= x[:, 1:] >= x[:, :-1]
+    peak[:, :-1] &= x[:, :-1] >= x[:, 1:]
+    return np.argmax(strong & peak, axis=1)
+
+
+def pitch_kept(source: np.ndarray, translated: np.ndarray, threshold: float) -> float:
+    """Share of the source's sounding frames (loudest bin >= ``threshold``) whose :func:`cqt_pitch_bins` the
+    translation keeps within ``PITCH_TOLERANCE`` bins: does the translation leave the notes where they were?"""
+    sounding = np.asarray(source).max(axis=1) >= threshold
+    if not sounding.any():
+        return float("nan")
+    same = np.abs(cqt_pitch_bins(source) - cqt_pitch_bins(translated)) <= PITCH_TOLERANCE
+    return float(same[sounding].mean())
+
+
 # ------------------------------------------------------------------------------------------------ parts
 
 class ImagePool:
@@ -157,7 +182,7 @@ class CycleGANLightningModule(LightningModule):
 
     monitor = "val/frechet_profile"
     curve_keys = ("train/g_adv", "train/cycle", "train/identity", "train/d_loss", "val/cycle",
-                  "val/frechet_profile")
+                  "val/frechet_profile", "val/pitch_kept")
     steps_per_batch = 2   # the generators' and the discriminators' optimiser steps (Lightning counts both)
 
     def __init__(self, model_cfg: CycleGANConfig, cfg: CycleGANTrainConfig, stats: dict[str, Any] | None = None):
@@ -280,6 +305,10 @@ class CycleGANLightningModule(LightningModule):
             torch.cat([v[3] for v in self._val])[:, 0].numpy() * std_b + mean_b
         value = profile_frechet(fake_b, real_b)
         self.log("val/frechet_profile", value if math.isfinite(value) else float("inf"), sync_dist=False)
+        mean_a, std_a = self.norms[0]
+        real_a = torch.cat([v[0] for v in self._val])[:, 0].numpy() * std_a + mean_a
+        kept = pitch_kept(real_a, fake_b, float(np.quantile(real_a.max(axis=1), SOUNDING_QUANTILE)))
+        self.log("val/pitch_kept", kept if math.isfinite(kept) else 0.0, sync_dist=False)
         if not self.trainer.sanity_checking and self.logger and self.trainer.is_global_zero:
             self._log_images()
 
@@ -394,6 +423,8 @@ def judge(model: CycleGAN, features_root: Path, cfg: CycleGANTrainConfig, stats:
     cyc_a = torch.cat([model.b_to_a(x[None]) for x in fake_b])
     translated = fake_b[:, 0].numpy() * std_b + mean_b
     return {f"{split}/frechet_profile": profile_frechet(translated, real_b),
+            f"{split}/pitch_kept": pitch_kept(real_a, translated, float(np.quantile(real_a.max(axis=1),
+                                                                                    SOUNDING_QUANTILE))),
             f"identity/{split}_frechet_profile": profile_frechet(real_a, real_b),
             f"{split}/cycle": float(F.l1_loss(cyc_a, norm_a))}
 
@@ -434,6 +465,7 @@ def train(cfg: CycleGANTrainConfig, out_dir: str | os.PathLike, *,
     })
     metrics["val/frechet_profile_best"] = metrics.pop("valid/frechet_profile")
     metrics["val/cycle_best"] = metrics.pop("valid/cycle")
+    metrics["val/pitch_kept_best"] = metrics.pop("valid/pitch_kept")
     payload = make_payload(MODEL_TYPE, export, asdict(model_cfg), train_config=asdict(cfg), stats=stats,
                            digest=training.digest, steps=fitted.best_step)
     training.write_outputs(out_dir, payload, metrics, fitted)

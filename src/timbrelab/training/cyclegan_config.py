@@ -59,7 +59,7 @@ class CycleGANLossParams:
 
     adversarial: str = "wgan_gp"          # "wgan_gp" (TimbreTron) | "lsgan"
     gp_weight: float = 10.0               # WGAN-GP's gradient penalty
-    cycle_weight: float = 10.0
+    cycle_weight: float = 20.0
     identity_weight: float = 5.0
     identity_schedule: str = "decay"      # "decay": linearly to 0 at identity_decay_steps | "constant"
     identity_decay_steps: int = 1000
@@ -87,8 +87,8 @@ class CycleGANTrainConfig:
     domain_b: str = "cello"
     model: CycleGANModelParams = field(default_factory=CycleGANModelParams)
     loss: CycleGANLossParams = field(default_factory=CycleGANLossParams)
-    lr_g: float = 2e-4
-    lr_d: float = 1e-4
+    lr_g: float = 1e-4
+    lr_d: float = 4e-4                    # two time scales: the critic learns faster than the generators
     decay_from: float = 0.5               # learning rates decay linearly to 0 from this fraction of max_steps
     grad_clip: float = 10.0               # gradient norm clip of each optimiser step (0: off)
     pool_size: int = 50                   # past fakes the discriminators also see

@@ -13,6 +13,9 @@ class UntrainedCycleGAN(cyclegan.CycleGANSystem):
     label = "CycleGAN untrained + Griffin-Lim"
     description = "the CycleGAN's networks at step 0 (its initialisation), phase recovered by Griffin-Lim"
 
+    def reconstruct(self, audio, seed):
+        return None   # the transfer row is the comparison; untrained reconstructions would only cost time
+
 
 def build(params: dict, root: Path, features: FeaturesConfig) -> UntrainedCycleGAN:
     return cyclegan.build({"model": "models/cyclegan/untrained.pt", **params}, root, features,
