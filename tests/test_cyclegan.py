@@ -281,3 +281,16 @@ def test_pitch_kept_reads_the_lowest_strong_partial():
     lower[0, 10], lower[0, 0] = -10.0, -1.0                # the note an octave (12 bins here) and more lower
     assert pitch_kept(source, source, threshold=-5.0) == pitch_kept(source, richer, threshold=-5.0) == 1.0
     assert pitch_kept(source, lower, threshold=-5.0) == 0.0
+
+
+def test_a_checkpoint_on_another_cqt_grid_is_refused_by_the_evaluation(trained):
+    from timbrelab.config import FeaturesConfig, validate
+    from timbrelab.inference.cyclegan_transfer import check_features_match
+
+    payload = torch.load(trained[0] / "out/model.pt", weights_only=True)
+    same = validate({"sample_rate": SR, "frame_hop": HOP, "cqt": CQT, "pitch": PITCH}, FeaturesConfig, "test")
+    check_features_match(payload, same, "model.pt")
+    other = validate({"sample_rate": SR, "frame_hop": HOP, "cqt": {**CQT, "bins_per_octave": 24, "n_bins": 96},
+                      "pitch": PITCH}, FeaturesConfig, "test")
+    with pytest.raises(ConfigError, match=r"^model.pt: trained on CQT settings .* retrain with `dvc repro train_cyclegan`$"):
+        check_features_match(payload, other, "model.pt")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
+import torch
 import yaml
 from test_report_browser import browser_context, open_and_check  # noqa: F401 (a fixture)
 
@@ -302,3 +304,20 @@ def test_train_classifier_stage_output(tiny_repo):
     confusion = full["test/confusion"]
     assert [sum(row) for row in confusion] == [full["test/patches"][d] for d in model.domains]
 
+
+
+def test_the_cyclegan_trains_between_nsynth_and_cello_through_config(tiny_repo, tmp_path):
+    """The default stage translates the glides; NSynth notes <-> cello is a config change (`domain_a: nsynth`)."""
+    from timbrelab.training.cyclegan import train
+    from timbrelab.training.cyclegan_config import CycleGANTrainConfig
+
+    cfg = CycleGANTrainConfig(domain_a="nsynth", domain_b="cello", model={"preset": "tiny"}, crop_frames=32,
+                              max_steps=2, val_every_steps=2, checkpoint_root=str(tmp_path / "cache"))
+    metrics = train(cfg, tmp_path / "out", features_root=tiny_repo.path / "data/features", progress=False)
+    assert metrics["steps"] == 2 and np.isfinite(metrics["identity/test_frechet_profile"])
+    payload = torch.load(tmp_path / "out/model.pt", weights_only=True)
+    assert payload["stats"]["domain_a"] == "nsynth" and payload["train_config"]["domain_b"] == "cello"
+    # The default pipeline's own CycleGAN: both models, and its two rows in the report.
+    doc = json.loads((tiny_repo.path / "reports/metrics.json").read_text())
+    assert {"cyclegan", "cyclegan_untrained"} <= set(doc)
+    assert (tiny_repo.path / "models/cyclegan/untrained.pt").is_file()
