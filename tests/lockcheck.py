@@ -80,7 +80,7 @@ TOLERANCES: tuple[tuple[str, Tol, str], ...] = (
     # The CycleGAN (its own files and its rows of reports/metrics.json): adversarial training amplifies rounding
     # differences, and no second CPU type has run it yet (measured only on AMD EPYC Zen 3, 2026-12-07): a wide
     # band, to be narrowed with `python tests/lockcheck.py spread` once another machine has run it.
-    (r"^cyclegan(_untrained)?[:.]", Tol(abs=0.3, rel=0.6), "unmeasured across CPU types (a GAN)"),
+    (r"^cyclegan(_untrained)?[/.]", Tol(abs=0.3, rel=0.6), "unmeasured across CPU types (a GAN)"),
     (r"(^|[./])acceptance(_low|_high)?$", Tol(abs=0.22), "A: 0.109, B: 0.047, C: 0.031"),
     (r"(^|[./])transfer_score(_low|_high)?$", Tol(abs=0.16), "A: 0.077, B: 0.071"),
     (r"(^|[./])(balanced_)?accuracy([._]\w+)?$", Tol(abs=0.04),
@@ -187,9 +187,9 @@ def _is_number(value: Any) -> bool:
 
 
 def metrics_scope(path: str) -> str:
-    """The prefix a metrics file's keys get when their rule is looked up: ``cyclegan:`` for the CycleGAN's own
+    """The prefix a metrics file's keys get when their rule is looked up: ``cyclegan/`` for the CycleGAN's own
     files (train_cyclegan, evaluate_cyclegan*), whose keys carry no system name; else none."""
-    return "cyclegan:" if "cyclegan" in Path(path).stem else ""
+    return "cyclegan/" if "cyclegan" in Path(path).stem else ""
 
 
 def compare_metrics(committed: Mapping[str, Any], fresh: Mapping[str, Any], scope: str = "") -> list[str]:

@@ -103,18 +103,30 @@ def shift_octaves(log_cqt: np.ndarray, octaves: int, bins_per_octave: int, floor
     return out
 
 
+def translate_log_cqt(spectrum: np.ndarray, model, payload: Mapping[str, Any], direction: str = "a_to_b", *,
+                      chunk_frames: int = 512) -> np.ndarray:
+    """``(bins, frames)`` log-CQT of one domain -> the other's, normalised and un-normalised with the two domains'
+    statistics, translated in chunks (bounded memory, no seam)."""
+    import torch
+
+    from timbrelab.data.datasets import cqt_normaliser
+    from timbrelab.models.cyclegan import translate_chunked
+
+    side_src, side_dst = _sides(payload, direction)
+    (mean_s, std_s), (mean_d, std_d) = cqt_normaliser(side_src), cqt_normaliser(side_dst)
+    x = torch.from_numpy(((spectrum - mean_s) / std_s).astype(np.float32))[None, None]
+    with torch.no_grad():
+        y = translate_chunked(model.generator(direction).eval(), x, chunk_frames=chunk_frames)
+    return (y[0, 0].numpy() * std_d + mean_d).astype(np.float32)
+
+
 def cyclegan_transfer(audio: np.ndarray, sample_rate: int, model, payload: Mapping[str, Any], *,
                       direction: str = "a_to_b", octave_shift: str | int = "auto", loudness_shift_db: float = 0.0,
                       vocoder: Vocoder | None = None, seed: int = 0, chunk_frames: int = 512) -> CycleGANResult:
     """(n,) or (n, channels) audio at any rate -> the other domain's rendition (see the module doc)."""
-    import torch
-
-    from timbrelab.data.datasets import cqt_normaliser
     from timbrelab.dsp.cqt import log_cqt
-    from timbrelab.models.cyclegan import translate_chunked
 
-    side_src, side_dst = _sides(payload, direction)
-    cfg = features_config(side_src)
+    cfg = features_config(_sides(payload, direction)[0])
     if octave_shift != "auto" and (isinstance(octave_shift, bool) or not isinstance(octave_shift, int)
                                    or abs(octave_shift) > MAX_OCTAVE_SHIFT):
         raise ConfigError(f"octave_shift must be 'auto' or a whole number from -{MAX_OCTAVE_SHIFT} to "
@@ -125,11 +137,7 @@ def cyclegan_transfer(audio: np.ndarray, sample_rate: int, model, payload: Mappi
     spectrum = log_cqt(mono, cfg.sample_rate, hop_length=c.hop_length, fmin_hz=c.fmin_hz,
                        bins_per_octave=c.bins_per_octave, n_bins=c.n_bins, log_floor=c.log_floor)
     spectrum = shift_octaves(spectrum, shift, c.bins_per_octave, float(np.log(c.log_floor)))
-    (mean_s, std_s), (mean_d, std_d) = cqt_normaliser(side_src), cqt_normaliser(side_dst)
-    x = torch.from_numpy(((spectrum - mean_s) / std_s).astype(np.float32))[None, None]
-    with torch.no_grad():
-        y = translate_chunked(model.generator(direction).eval(), x, chunk_frames=chunk_frames)
-    translated = (y[0, 0].numpy() * std_d + mean_d).astype(np.float32)
+    translated = translate_log_cqt(spectrum, model, payload, direction, chunk_frames=chunk_frames)
     rendered = (vocoder or griffinlim_vocoder(cfg, seed=seed))(translated, mono.shape[0])
     rendered = (rendered * np.float32(10.0 ** (float(loudness_shift_db) / 20.0))).astype(np.float32)
     out, scale = peak_safe(rendered)

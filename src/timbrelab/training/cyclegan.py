@@ -5,9 +5,9 @@
   schedule, filling in frames, an image pool of past fakes per domain, learning rates that decay linearly to 0,
   gradient-norm clipping. Every random draw (masks, pool, penalty mixes) comes from the module's own generator,
   whose state rides in the checkpoint with the pools, so a resumed run continues exactly.
-* **Which checkpoint is kept**: the lowest ``val/frechet_profile`` — the Fréchet distance between pitch-aligned
-  CQT profiles (:func:`cqt_profiles`: each sounding frame's log-CQT from an octave... see there) of the
-  translated valid-split A clips and the real valid-split B clips. It is hand-made (no network), so the
+* **Which checkpoint is kept**: the lowest ``val/frechet_profile`` — the Fréchet distance between the pitch- and
+  level-aligned CQT profiles (:func:`cqt_profiles`) of the translated valid-split A clips and of the real
+  valid-split B clips. It is hand-made (no network), so the
   generator cannot learn to fool it the way it can fool a CQT-patch CNN, and it is not the evaluation's judge;
   unlike the cycle loss it says whether the timbre moved. docs/cyclegan.md argues the choice.
 * :func:`train`: checks the data (both domains on one CQT grid, enough frames for a crop, no NaN) before
@@ -39,11 +39,11 @@ from timbrelab.data.datasets import REPRO, FeatureSplit, cqt_normaliser, load_st
 from timbrelab.dsp.frechet import frechet_distance
 from timbrelab.errors import ConfigError, TimbrelabError
 from timbrelab.fsutil import sha256_file
-from timbrelab.models.checkpoint import make_payload
+from timbrelab.models.checkpoint import make_payload, save_checkpoint
 from timbrelab.models.cyclegan import PRESETS, CycleGAN, CycleGANConfig, Discriminator
 from timbrelab.models.registry import Example
 from timbrelab.training.cyclegan_config import SECTION, CycleGANTrainConfig
-from timbrelab.training.loop import TrainingRun, config_digest, finite_or_none, log_to_run
+from timbrelab.training.loop import TrainingRun, finite_or_none, log_to_run
 
 STAGE = "train_cyclegan"
 MODEL_TYPE = "cyclegan"
@@ -469,8 +469,6 @@ def train(cfg: CycleGANTrainConfig, out_dir: str | os.PathLike, *,
     payload = make_payload(MODEL_TYPE, export, asdict(model_cfg), train_config=asdict(cfg), stats=stats,
                            digest=training.digest, steps=fitted.best_step)
     training.write_outputs(out_dir, payload, metrics, fitted)
-    from timbrelab.models.checkpoint import save_checkpoint
-
     save_checkpoint(out_dir / "untrained.pt", untrained)
     registered = None
     if mlflow_run_id is not None:

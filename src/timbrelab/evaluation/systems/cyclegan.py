@@ -14,11 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from timbrelab.config import FeaturesConfig
+from timbrelab.dsp.cqt import log_cqt
+from timbrelab.evaluation.scoring import cqt_kwargs
 from timbrelab.evaluation.systems import Output, System, system_params
 from timbrelab.inference.cyclegan_transfer import (
     check_features_match,
     cyclegan_transfer,
     griffinlim_vocoder,
+    translate_log_cqt,
 )
 from timbrelab.inference.loading import load_model
 
@@ -34,9 +37,12 @@ def model_card(payload: dict) -> str:
     train = payload.get("train_config") or {}
     model, loss, trainer = train.get("model") or {}, train.get("loss") or {}, train.get("trainer") or {}
     cfg = payload.get("model_config") or {}
-    return (f"model card: {train.get('domain_a', '?')} -> {train.get('domain_b', '?')}, {train.get('max_steps', '?')} "
-            f"steps of batch {train.get('batch_size', '?')} x {train.get('crop_frames', '?')} frames (kept step "
-            f"{payload.get('steps', '?')}), preset {model.get('preset', '?')} ({cfg.get('generator', '?')} generator, "
+    untrained = payload.get("steps") == 0
+    steps = (f"not trained (the initial weights of a {train.get('max_steps', '?')}-step run)" if untrained
+             else f"{train.get('max_steps', '?')} steps of batch {train.get('batch_size', '?')} x "
+                  f"{train.get('crop_frames', '?')} frames (kept step {payload.get('steps', '?')})")
+    return (f"model card: {train.get('domain_a', '?')} -> {train.get('domain_b', '?')}, {steps}, preset "
+            f"{model.get('preset', '?')} ({cfg.get('generator', '?')} generator, "
             f"{cfg.get('upsample', '?')} upsampling, {cfg.get('discriminator', '?')} discriminator, "
             f"{loss.get('adversarial', '?')}), trainer {trainer.get('accelerator', '?')}; the offline cello is a "
             "soundfont render; data, time and known failures: docs/cyclegan.md")
@@ -59,20 +65,9 @@ class CycleGANSystem(System):
         return Output(result.audio, 0.0, list(result.warnings))
 
     def reconstruct(self, audio: np.ndarray, seed: int) -> np.ndarray:
-        as_a = cyclegan_transfer(audio, self.features.sample_rate, self.model, self.payload, direction="b_to_a",
-                                 vocoder=lambda spectrum, n: spectrum, seed=seed)
-        return self._round_trip_from(as_a.log_cqt, audio.shape[0], seed)
-
-    def _round_trip_from(self, log_cqt_a: np.ndarray, n_samples: int, seed: int) -> np.ndarray:
-        import torch
-
-        from timbrelab.data.datasets import cqt_normaliser
-        from timbrelab.models.cyclegan import translate_chunked
-
-        (mean_a, std_a), (mean_b, std_b) = (cqt_normaliser(self.payload["stats"][k]) for k in ("a", "b"))
-        x = torch.from_numpy(((log_cqt_a - mean_a) / std_a).astype(np.float32))[None, None]
-        y = translate_chunked(self.model.a_to_b.eval(), x)[0, 0].numpy() * std_b + mean_b
-        return self._vocoder(seed)(y.astype(np.float32), n_samples)
+        spectrum = log_cqt(audio, self.features.sample_rate, **cqt_kwargs(self.features))
+        as_a = translate_log_cqt(spectrum, self.model, self.payload, "b_to_a")
+        return self._vocoder(seed)(translate_log_cqt(as_a, self.model, self.payload, "a_to_b"), audio.shape[0])
 
 
 def build(params: dict, root: Path, features: FeaturesConfig, *, name: str = "cyclegan",
