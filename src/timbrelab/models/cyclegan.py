@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -204,8 +204,7 @@ class Generator(nn.Module):
         for _ in range(self.cfg.n_downsample):           # 4x4 stride 2
             radius += 2 * jump
             jump *= 2
-        per_block = (2 * jump) if self.cfg.generator == "2d" else 2 * jump   # two size-3 convs per block
-        radius += self.cfg.n_residual * per_block
+        radius += self.cfg.n_residual * 2 * jump         # two size-3 convs per residual block (2-D or 1-D)
         for _ in range(self.cfg.n_downsample):           # upsample: replicate (or transposed 4x4) + 3x3
             radius += 2 * jump
             jump //= 2
@@ -259,10 +258,6 @@ class CycleGAN(nn.Module):
 
 def build(model_config: Mapping[str, Any], stats: Mapping[str, Any] | None) -> CycleGAN:
     return CycleGAN(CycleGANConfig(**model_config), stats)
-
-
-def config_dict(cfg: CycleGANConfig) -> dict[str, Any]:
-    return asdict(cfg)
 
 
 @torch.no_grad()
