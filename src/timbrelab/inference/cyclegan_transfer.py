@@ -74,10 +74,16 @@ def check_payload(model, payload: Mapping[str, Any], source: str) -> FeaturesCon
 def check_features_match(payload: Mapping[str, Any], features: FeaturesConfig, source: str) -> None:
     """ConfigError when the checkpoint was trained on another CQT grid than ``features`` (this pipeline's)."""
     trained = features_config(_sides(payload, "a_to_b")[0])
-    if trained.cqt != features.cqt or trained.sample_rate != features.sample_rate:
-        raise ConfigError(f"{source}: trained on CQT settings {trained.cqt} at {trained.sample_rate} Hz but the "
-                          f"features are {features.cqt} at {features.sample_rate} Hz; retrain with "
-                          "`dvc repro train_cyclegan`")
+
+    def grid(cfg: FeaturesConfig) -> dict[str, Any]:   # what shapes the CQT (not how it is inverted)
+        c = cfg.cqt
+        return {"sample_rate": cfg.sample_rate, "hop_length": c.hop_length, "fmin_hz": c.fmin_hz,
+                "bins_per_octave": c.bins_per_octave, "n_bins": c.n_bins, "log_floor": c.log_floor}
+
+    if grid(trained) != grid(features):
+        diff = {k: (v, grid(features)[k]) for k, v in grid(trained).items() if v != grid(features)[k]}
+        raise ConfigError(f"{source}: trained on other CQT settings than the features' (trained, features: {diff}); "
+                          "retrain with `dvc repro train_cyclegan`")
 
 
 def griffinlim_vocoder(cfg: FeaturesConfig, iters: int | None = None, seed: int = 0) -> Vocoder:
