@@ -110,3 +110,20 @@ def save_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> 
         raise AudioError(f"{path}: refusing to write non-finite samples")
     with atomic_path(path) as tmp:
         sf.write(str(tmp), audio, sample_rate, format=fmt, subtype=subtype)
+
+
+def render_file(input_path: str | os.PathLike, output_path: str | os.PathLike, render):
+    """Read ``input_path`` (any format, rate, channels), ``result = render(audio, sample_rate)`` (anything with
+    ``.audio`` and ``.sample_rate``), write ``result.audio`` to ``output_path`` atomically in the format its
+    extension names; nothing is written on an error, and audio errors name the input file. Returns ``result``."""
+    from timbrelab.audio import load_audio
+
+    check_input(input_path)
+    check_output(output_path, inputs=(input_path,))
+    audio, sr = load_audio(input_path, sample_rate=None)
+    try:
+        result = render(audio, sr)
+    except AudioError as exc:
+        raise AudioError(f"{input_path}: {exc}") from exc
+    save_audio(output_path, result.audio, result.sample_rate)
+    return result

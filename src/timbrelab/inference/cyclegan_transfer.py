@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from timbrelab.config import FeaturesConfig
-from timbrelab.errors import AudioError, ConfigError, first_line
+from timbrelab.errors import ConfigError, first_line
 from timbrelab.inference.ddsp_transfer import MAX_OCTAVE_SHIFT, features_config, peak_safe, prepare_audio
 
 Vocoder = Callable[[np.ndarray, int], np.ndarray]
@@ -154,15 +154,7 @@ def cyclegan_transfer(audio: np.ndarray, sample_rate: int, model, payload: Mappi
 def transfer_file(input_path: str | os.PathLike, output_path: str | os.PathLike, model, payload: Mapping[str, Any],
                   **options: Any) -> CycleGANResult:
     """Read ``input_path``, transfer, write ``output_path`` atomically (nothing written on an error)."""
-    from timbrelab.audio import load_audio
-    from timbrelab.audio_out import check_input, check_output, save_audio
+    from timbrelab.audio_out import render_file
 
-    check_input(input_path)
-    check_output(output_path, inputs=(input_path,))
-    audio, sr = load_audio(input_path, sample_rate=None)
-    try:
-        result = cyclegan_transfer(audio, sr, model, payload, **options)
-    except AudioError as exc:
-        raise AudioError(f"{input_path}: {exc}") from exc
-    save_audio(output_path, result.audio, result.sample_rate)
-    return result
+    return render_file(input_path, output_path, lambda audio, sr: cyclegan_transfer(audio, sr, model, payload,
+                                                                                    **options))

@@ -369,15 +369,6 @@ def transfer_file(input_path: str | os.PathLike, output_path: str | os.PathLike,
     """Read ``input_path`` (any format, rate, channels), transfer, write mono audio at the model's rate
     atomically in the format ``output_path``'s extension names (:mod:`timbrelab.audio_out`): on any error
     nothing is written. Errors about the input name the file; the output may not be the input."""
-    from timbrelab.audio import load_audio
-    from timbrelab.audio_out import check_input, check_output, save_audio
+    from timbrelab.audio_out import render_file
 
-    check_input(input_path)
-    check_output(output_path, inputs=(input_path,))
-    audio, sr = load_audio(input_path, sample_rate=None)
-    try:
-        result = ddsp_transfer(audio, sr, model, payload, **options)
-    except AudioError as exc:
-        raise AudioError(f"{input_path}: {exc}") from exc
-    save_audio(output_path, result.audio, result.sample_rate)
-    return result
+    return render_file(input_path, output_path, lambda audio, sr: ddsp_transfer(audio, sr, model, payload, **options))
